@@ -1,0 +1,126 @@
+"""Lorentz model of hyperbolic space with curvature ``-c`` (MERU's formulation).
+
+Only the space components ``x`` of a point are stored; the time component is
+``x_t = sqrt(1/c + |x|^2)``. The origin is ``(1/sqrt(c), 0)``. Every function is
+pure, takes the curvature magnitude ``c`` as a positive float or 0-dim tensor,
+and computes in float32 (float64 inputs stay float64) with autocast disabled,
+because these formulas lose all precision in half precision.
+
+Constants and clamps follow MERU (``reference/meru.md`` §1.5).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, TypeVar
+
+import torch
+from torch import Tensor
+
+EPS = 1e-8
+MIN_RADIUS = 0.1  # K in the half-aperture formula
+_SINH_MAX = math.asinh(2.0**15)
+
+F = TypeVar("F", bound=Callable[..., Tensor])
+
+
+def float32_island(fn: F) -> F:
+    """Run ``fn`` with autocast off and half-precision tensor arguments upcast to float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        def up(a):
+            return a.float() if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
+
+        device_type = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return fn(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _as_tensor(c: float | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(c, dtype=like.dtype, device=like.device)
+
+
+@float32_island
+def time_component(x: Tensor, c: float | Tensor) -> Tensor:
+    """Time component ``sqrt(1/c + |x|^2)``. ``(..., D) -> (...)``."""
+    c = _as_tensor(c, x)
+    return torch.sqrt(1 / c + (x * x).sum(dim=-1))
+
+
+@float32_island
+def pairwise_inner(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """Lorentzian inner product ``<x, y>_L = x_s . y_s - x_t y_t``. ``(B1, D), (B2, D) -> (B1, B2)``."""
+    return x @ y.T - time_component(x, c)[:, None] * time_component(y, c)[None, :]
+
+
+@float32_island
+def paired_inner(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """Lorentzian inner product of matching rows. ``(B, D), (B, D) -> (B,)``."""
+    return (x * y).sum(dim=-1) - time_component(x, c) * time_component(y, c)
+
+
+def _arcosh_distance(inner: Tensor, c: Tensor) -> Tensor:
+    return torch.acosh(torch.clamp(-c * inner, min=1 + EPS)) / torch.sqrt(c)
+
+
+@float32_island
+def pairwise_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """Geodesic distance ``arcosh(-c <x, y>_L) / sqrt(c)``. ``(B1, D), (B2, D) -> (B1, B2)``."""
+    return _arcosh_distance(pairwise_inner(x, y, c), _as_tensor(c, x))
+
+
+@float32_island
+def paired_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """Geodesic distance between matching rows. ``(B, D), (B, D) -> (B,)``."""
+    return _arcosh_distance(paired_inner(x, y, c), _as_tensor(c, x))
+
+
+@float32_island
+def exp_map0(v: Tensor, c: float | Tensor) -> Tensor:
+    """Exponential map at the origin: tangent vector -> space components. ``(..., D) -> (..., D)``."""
+    sqrt_c = torch.sqrt(_as_tensor(c, v))
+    rc_norm = sqrt_c * v.norm(dim=-1, keepdim=True)
+    sinh_arg = torch.clamp(rc_norm, min=EPS, max=_SINH_MAX)
+    return torch.sinh(sinh_arg) * v / torch.clamp(rc_norm, min=EPS)
+
+
+@float32_island
+def log_map0(x: Tensor, c: float | Tensor) -> Tensor:
+    """Logarithmic map at the origin (inverse of :func:`exp_map0`). ``(..., D) -> (..., D)``."""
+    c = _as_tensor(c, x)
+    rc_norm = torch.sqrt(c) * x.norm(dim=-1, keepdim=True)
+    # asinh(r) == arcosh(sqrt(1 + r^2)) (MERU's form) but keeps precision near the origin.
+    return torch.asinh(rc_norm) * x / torch.clamp(rc_norm, min=EPS)
+
+
+@float32_island
+def dist_to_origin(x: Tensor, c: float | Tensor) -> Tensor:
+    """Geodesic distance to the origin, equal to ``|log_map0(x)|``. ``(..., D) -> (...)``."""
+    c = _as_tensor(c, x)
+    rc_norm = torch.sqrt(c) * x.norm(dim=-1)
+    return torch.asinh(rc_norm) / torch.sqrt(c)
+
+
+@float32_island
+def half_aperture(x: Tensor, c: float | Tensor, min_radius: float = MIN_RADIUS) -> Tensor:
+    """Half-aperture of the entailment cone at ``x``: ``arcsin(2K / (sqrt(c) |x|))``. ``(..., D) -> (...)``."""
+    c = _as_tensor(c, x)
+    sin_aper = 2 * min_radius / (torch.sqrt(c) * x.norm(dim=-1) + EPS)
+    return torch.asin(torch.clamp(sin_aper, min=-1 + EPS, max=1 - EPS))
+
+
+@float32_island
+def exterior_angle(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """Exterior angle at ``x`` of the triangle origin-``x``-``y`` (the angle of ``y`` off the
+    cone axis through ``x``). ``(B, D), (B, D) -> (B,)``."""
+    c = _as_tensor(c, x)
+    x_t = time_component(x, c)
+    y_t = time_component(y, c)
+    c_inner = c * paired_inner(x, y, c)
+    numerator = y_t + c_inner * x_t
+    denominator = x.norm(dim=-1) * torch.sqrt(torch.clamp(c_inner**2 - 1, min=EPS))
+    return torch.acos(torch.clamp(numerator / (denominator + EPS), min=-1 + EPS, max=1 - EPS))
