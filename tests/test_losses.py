@@ -1,0 +1,85 @@
+"""Contrastive and entailment losses against hand-computed values."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
+from vlunlearn.training.losses import (
+    contrastive_logits,
+    contrastive_loss,
+    entailment_loss,
+    entailment_violation,
+    pairwise_contrastive_loss,
+)
+
+
+def fake_model(geometry, logit_scale=0.0, c=None):
+    return SimpleNamespace(
+        geometry=geometry,
+        logit_scale=torch.tensor(logit_scale, dtype=torch.float64),
+        curvature=lambda: None if c is None else torch.tensor(c, dtype=torch.float64),
+    )
+
+
+def test_pairwise_loss_matches_closed_form():
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0]], dtype=torch.float64)
+    # row 0: -log(e^2 / (e^2 + 1)); column 0: -log(e^2 / (e^2 + e^1))
+    row0 = -math.log(math.exp(2) / (math.exp(2) + 1))
+    col0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1)))
+    row1 = -math.log(math.exp(3) / (math.exp(1) + math.exp(3)))
+    col1 = -math.log(math.exp(3) / (math.exp(0) + math.exp(3)))
+    expected = torch.tensor([(row0 + col0) / 2, (row1 + col1) / 2], dtype=torch.float64)
+    torch.testing.assert_close(pairwise_contrastive_loss(logits), expected)
+
+
+def test_pairwise_loss_with_custom_targets_uses_those_columns():
+    logits = torch.tensor([[0.0, 5.0], [5.0, 0.0]], dtype=torch.float64)
+    swapped = pairwise_contrastive_loss(logits, torch.tensor([1, 0]))
+    diagonal = pairwise_contrastive_loss(logits)
+    assert (swapped < 0.01).all() and (diagonal > 4.9).all()
+
+
+def test_euclidean_logits_are_scaled_cosines():
+    x = torch.randn(4, 6, dtype=torch.float64)
+    y = torch.randn(5, 6, dtype=torch.float64)
+    model = fake_model(EUCLIDEAN, logit_scale=math.log(10.0))
+    expected = 10.0 * torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(y, dim=-1).T
+    torch.testing.assert_close(contrastive_logits(model, x, y), expected)
+
+
+def test_lorentz_logits_are_scaled_negative_distances():
+    x = lorentz.exp_map0(torch.randn(3, 4, dtype=torch.float64), 0.5)
+    y = lorentz.exp_map0(torch.randn(3, 4, dtype=torch.float64), 0.5)
+    model = fake_model(LORENTZ, logit_scale=math.log(2.0), c=0.5)
+    torch.testing.assert_close(contrastive_logits(model, x, y), -2.0 * lorentz.pairwise_dist(x, y, 0.5))
+
+
+def test_contrastive_loss_is_low_for_aligned_pairs_and_high_for_shuffled():
+    x = torch.nn.functional.normalize(torch.randn(8, 16, dtype=torch.float64), dim=-1)
+    model = fake_model(EUCLIDEAN, logit_scale=math.log(100.0))
+    assert contrastive_loss(model, x, x) < 0.05
+    assert contrastive_loss(model, x, x.roll(1, dims=0)) > 1.0
+
+
+def test_entailment_violation_zero_inside_cone_positive_outside():
+    c = 1.0
+    parent = lorentz.exp_map0(torch.tensor([[1.0, 0.0]], dtype=torch.float64), c)
+    child_on_axis = lorentz.exp_map0(torch.tensor([[3.0, 0.0]], dtype=torch.float64), c)
+    child_opposite = lorentz.exp_map0(torch.tensor([[-3.0, 0.0]], dtype=torch.float64), c)
+    model = fake_model(LORENTZ, c=c)
+    assert entailment_violation(model, parent, child_on_axis).item() == pytest.approx(0.0, abs=1e-6)
+    outside = entailment_violation(model, parent, child_opposite).item()
+    expected = math.pi - lorentz.half_aperture(parent, c).item()
+    assert outside == pytest.approx(expected, abs=1e-3)  # arccos is clamped at pi - 1.4e-4
+    assert entailment_loss(model, parent.repeat(2, 1), torch.cat([child_on_axis, child_opposite])).item() == pytest.approx(
+        expected / 2, abs=1e-3
+    )
+
+
+def test_entailment_on_euclidean_model_is_a_clear_error():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="hyperbolic"):
+        entailment_loss(fake_model(EUCLIDEAN), x, x)
