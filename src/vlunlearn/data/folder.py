@@ -1,0 +1,192 @@
+"""Users' own image-text data: a folder of images and a CSV or JSONL annotation file.
+
+CSV (with a header row): columns ``path`` and ``caption``, optional ``concepts``
+(names separated by ``;``) and optional ``id``::
+
+    path,caption,concepts
+    cats/001.jpg,a cat asleep on a sofa,cat;animal
+
+JSONL (one object per line): keys ``path`` and ``caption``, optional ``concepts`` (a list of
+strings) and optional ``id``::
+
+    {"path": "cats/001.jpg", "caption": "a cat asleep on a sofa", "concepts": ["cat", "animal"]}
+
+Image paths are relative to ``root`` (absolute paths are used as they are). An item's id is
+its ``id`` field, or else its path as written; ids must be unique, so an image that appears
+in several rows (several captions) needs an ``id`` column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vlunlearn.data.datasets import PairDataset
+from vlunlearn.errors import DataError
+
+CSV_SUFFIXES = (".csv",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def load_image_text_folder(
+    root: str | Path, annotations: str | Path, image_size: int, name: str | None = None
+) -> PairDataset:
+    """Read image-text pairs described by an annotation file.
+
+    Args:
+        root: the folder that image paths are relative to.
+        annotations: the CSV or JSONL file (absolute, relative to the working directory, or
+            relative to ``root``).
+        image_size: images are converted to RGB, resized so that the shorter side is
+            ``image_size`` (bicubic) and centre-cropped to ``image_size`` x ``image_size``.
+        name: the dataset's name (default: the annotation file's stem).
+
+    Returns:
+        A ``PairDataset`` with uint8 ``(N, 3, image_size, image_size)`` images and one caption
+        per item. ``class_names`` are the sorted distinct concepts; an item's label is the
+        index of its concept when it has exactly one, else -1.
+
+    Raises:
+        DataError: naming the file (and line) of a missing annotation file, a malformed row,
+            a missing or unreadable image, or a repeated id.
+    """
+    if int(image_size) < 1:
+        raise DataError(f"image_size must be a positive integer, not {image_size!r}")
+    root = Path(root)
+    path = _find_annotations(root, Path(annotations))
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        rows = _read_csv(path)
+    elif suffix in JSONL_SUFFIXES:
+        rows = _read_jsonl(path)
+    else:
+        raise DataError(f"{path}: unknown annotation format {suffix!r}; use .csv or .jsonl")
+    if not rows:
+        raise DataError(f"{path}: no annotations")
+
+    first_line: dict[str, int] = {}
+    for line, record in rows:
+        if record["id"] in first_line:
+            raise DataError(
+                f"{path}, line {line}: id {record['id']!r} repeats line {first_line[record['id']]}; "
+                "ids must be unique (add an 'id' column to give each row its own id)"
+            )
+        first_line[record["id"]] = line
+
+    images = torch.stack([_read_image(root, path, line, record["path"], int(image_size)) for line, record in rows])
+    concepts = [frozenset(record["concepts"]) for _, record in rows]
+    class_names = tuple(sorted(set().union(*concepts)))
+    index = {c: k for k, c in enumerate(class_names)}
+    labels = torch.tensor([index[next(iter(c))] if len(c) == 1 else -1 for c in concepts], dtype=torch.int64)
+    return PairDataset(
+        name=name or path.stem,
+        images=images,
+        captions=[(record["caption"],) for _, record in rows],
+        concepts=concepts,
+        labels=labels,
+        ids=[record["id"] for _, record in rows],
+        class_names=class_names,
+        hierarchy=None,
+    )
+
+
+def _find_annotations(root: Path, annotations: Path) -> Path:
+    candidates = [annotations] if annotations.is_absolute() else [annotations, root / annotations]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(c) for c in candidates)
+    raise DataError(f"annotation file not found: {tried}")
+
+
+def _record(path: Path, line: int, raw_path, caption, concepts, item_id) -> dict:
+    where = f"{path}, line {line}"
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        raise DataError(f"{where}: 'path' must be a non-empty string")
+    if not isinstance(caption, str) or not caption.strip():
+        raise DataError(f"{where}: 'caption' must be a non-empty string")
+    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+        raise DataError(f"{where}: 'concepts' must be a list of strings")
+    if item_id is not None and (not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or not str(item_id).strip()):
+        raise DataError(f"{where}: 'id' must be a non-empty string or an integer")
+    return {
+        "path": raw_path.strip(),
+        "caption": caption.strip(),
+        "concepts": [c.strip() for c in concepts if c.strip()],
+        "id": raw_path.strip() if item_id is None else str(item_id).strip(),
+    }
+
+
+def _read_csv(path: Path) -> list[tuple[int, dict]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [column for column in ("path", "caption") if column not in header]
+            if missing:
+                raise DataError(
+                    f"{path}, line 1: the header lacks the column(s) {', '.join(missing)}; "
+                    "expected path,caption[,concepts][,id]"
+                )
+            reader.fieldnames = header
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if None in row:
+                    raise DataError(f"{path}, line {line}: {len(header) + len(row[None])} fields, but the header has {len(header)} ({','.join(header)})")
+                if row["path"] is None or row["caption"] is None:
+                    raise DataError(f"{path}, line {line}: too few fields; expected {','.join(header)}")
+                concepts = [c for c in (row.get("concepts") or "").split(";")]
+                rows.append((line, _record(path, line, row["path"], row["caption"], concepts, row.get("id") or None)))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable UTF-8 CSV file ({error})") from error
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error})") from error
+    rows = []
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            item = json.loads(content)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line}: not valid JSON ({error.msg})") from error
+        if not isinstance(item, dict):
+            raise DataError(f"{path}, line {line}: expected a JSON object with keys path, caption[, concepts][, id]")
+        missing = [key for key in ("path", "caption") if key not in item]
+        if missing:
+            raise DataError(f"{path}, line {line}: missing key(s) {', '.join(missing)}")
+        rows.append((line, _record(path, line, item["path"], item["caption"], item.get("concepts", []), item.get("id"))))
+    return rows
+
+
+def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: int) -> torch.Tensor:
+    where = f"{annotations}, line {line}"
+    file = Path(raw_path)
+    file = file if file.is_absolute() else root / file
+    if not file.is_file():
+        raise DataError(f"{where}: image file not found: {file}")
+    try:
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+            width, height = image.size
+            scale = size / min(width, height)
+            new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+            image = image.resize(new_size, Image.Resampling.BICUBIC)
+            left = (new_size[0] - size) // 2
+            top = (new_size[1] - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{where}: cannot read image {file}: {error}") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
