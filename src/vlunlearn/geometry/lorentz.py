@@ -94,7 +94,9 @@ def log_map0(x: Tensor, c: float | Tensor) -> Tensor:
     c = _as_tensor(c, x)
     rc_norm = torch.sqrt(c) * x.norm(dim=-1, keepdim=True)
     # asinh(r) == arcosh(sqrt(1 + r^2)) (MERU's form) but keeps precision near the origin.
-    return torch.asinh(rc_norm) * x / torch.clamp(rc_norm, min=EPS)
+    # Clamp inside the ratio asinh(r)/r (-> 1 as r -> 0), so tiny x map to ~x, not x * r / EPS.
+    rc_norm = torch.clamp(rc_norm, min=EPS)
+    return torch.asinh(rc_norm) * x / rc_norm
 
 
 @float32_island
