@@ -1,0 +1,5 @@
+import sys
+
+from vlunlearn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""Hyperbolic Alignment Calibration (HAC; Pujol Vidal et al., arXiv 2503.15166), Lorentz only.
+
+The AC loss with ``s = -d`` (geodesic distance), plus
+
+- entailment calibration: ``lambda_ec * mean_{B_f} max(0, aper(t) - ext(t, v) + margin)`` pushes
+  forget images out of their captions' cones, and ``lambda_ent * L_ent(B_r)`` keeps retain
+  images inside theirs;
+- norm regularisation: ``lambda_norm * mean_{x in B_r} (d0(x) - d0(x_f0))^2`` over retain image and
+  text embeddings keeps every retain item at its level of the hierarchy (``x_f0`` is the
+  frozen original's embedding), and optionally ``lambda_gen * mean_{B_f} d0(v)`` moves forget
+  images toward the generic root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlunlearn.geometry import lorentz
+from vlunlearn.methods.ac import ACConfig, AlignmentCalibration
+from vlunlearn.methods.base import encode_original, register
+from vlunlearn.training.loop import StepOutput
+from vlunlearn.training.losses import entailment_loss
+
+
+@dataclass(frozen=True)
+class HACConfig(ACConfig):
+    """Hyperbolic Alignment Calibration; every extra term is off when its weight is 0.
+
+    Attributes:
+        lambda_ec: entailment calibration of forget pairs (push images out of their cones).
+        ec_margin: how far (radians) past the cone boundary a forget image must go.
+        lambda_ent: MERU's entailment loss on retain pairs (0.2, its pretraining weight).
+        lambda_norm: anchor of retain distances to the origin to the original model's.
+        lambda_gen: pull of forget images toward the origin (off by default: it moves them
+            toward every concept's cone at once).
+    """
+
+    lambda_ec: float = 1.0
+    ec_margin: float = 0.0
+    lambda_ent: float = 0.2
+    lambda_norm: float = 1.0
+    lambda_gen: float = 0.0
+
+
+@register("hac")
+class HyperbolicAlignmentCalibration(AlignmentCalibration):
+    config_class = HACConfig
+
+    def check_model(self, model) -> None:
+        if not model.geometry.hyperbolic:
+            raise ValueError(
+                "hac needs a hyperbolic (Lorentz) model: entailment calibration and norm "
+                "regularisation have no meaning for this Euclidean model; use method 'ac'"
+            )
+
+    def loss(self, model, retain, forget, step):
+        cfg = self.config
+        loss, logs, (retain_image, retain_text, forget_image, forget_text) = self.calibration(model, retain, forget, step)
+        c = model.curvature()
+        if cfg.lambda_ec > 0:
+            inside = lorentz.half_aperture(forget_text, c) - lorentz.exterior_angle(forget_text, forget_image, c)
+            calibration = torch.clamp(inside + cfg.ec_margin, min=0).mean()
+            loss = loss + cfg.lambda_ec * calibration
+            logs["entailment_calibration"] = calibration.item()
+        if cfg.lambda_ent > 0:
+            retain_entailment = entailment_loss(model, retain_text, retain_image)
+            loss = loss + cfg.lambda_ent * retain_entailment
+            logs["retain_entailment"] = retain_entailment.item()
+        if cfg.lambda_norm > 0:
+            original_image, original_text = encode_original(self.context, retain)
+            current = lorentz.dist_to_origin(torch.cat([retain_image, retain_text]), c)
+            anchor = lorentz.dist_to_origin(torch.cat([original_image, original_text]), self.context.original.curvature())
+            norm = ((current - anchor) ** 2).mean()
+            loss = loss + cfg.lambda_norm * norm
+            logs["norm"] = norm.item()
+        if cfg.lambda_gen > 0:
+            generic = lorentz.dist_to_origin(forget_image, c).mean()
+            loss = loss + cfg.lambda_gen * generic
+            logs["forget_depth"] = generic.item()
+        return StepOutput(loss, logs)

@@ -1,0 +1,26 @@
+"""Run folders: one per command, never overwritten, with a results file that records everything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlunlearn.errors import VlunlearnError
+from vlunlearn.io import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+def create_run_folder(out: Path, resume: bool = False) -> Path:
+    """Create ``out`` for a new run. An existing folder is refused unless ``resume``."""
+    out = Path(out)
+    if out.exists() and not resume and any(out.iterdir()):
+        raise VlunlearnError(f"the output folder {out} already exists; choose a new --out or pass --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically, with the results schema version first."""
+    atomic_write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **payload}, indent=2, sort_keys=False) + "\n")

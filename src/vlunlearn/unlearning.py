@@ -1,0 +1,135 @@
+"""The public entry point: ``vlunlearn.unlearn(model, request, method=...)``."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, UnlearningSplits, load_builtin, make_splits
+from vlunlearn.evaluation.zero_shot import class_embeddings, class_prompts, encode_images, zero_shot_accuracy, zero_shot_predictions
+from vlunlearn.methods import MethodContext, UnlearningObjective, get_method, make_config
+from vlunlearn.methods.retrain import ORACLE, retrain
+from vlunlearn.models import ContrastiveModel
+from vlunlearn.provenance import seed_everything
+from vlunlearn.training.batches import PairSampler, TokenCache
+from vlunlearn.training.loop import OptimConfig, train
+from vlunlearn.training.pretrain import PretrainConfig
+
+
+@dataclass
+class EarlyStop:
+    """Stop once zero-shot accuracy on a slice of D_f falls to ``target`` percent.
+
+    Attributes:
+        target: forget accuracy (percent, over all classes) at which to stop.
+        every: evaluate every this many steps.
+        slice_size: number of D_f images in the validation slice.
+    """
+
+    target: float
+    every: int = 5
+    slice_size: int = 256
+
+
+@dataclass
+class UnlearnRecord:
+    """What ran: method, its full config, the request, the budget used and the loss history."""
+
+    method: str
+    config: dict[str, Any]
+    request: dict[str, Any]
+    steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def unlearn(
+    model: ContrastiveModel,
+    request: UnlearningRequest | UnlearningSplits,
+    method: str = "hac",
+    *,
+    data: str | tuple[PairDataset, PairDataset] = "fashion-mnist",
+    recipe: PretrainConfig | None = None,
+    epochs: float | None = None,
+    early_stop: EarlyStop | None = None,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[ContrastiveModel, UnlearnRecord]:
+    """Make a copy of ``model`` forget what ``request`` names; ``model`` itself is not modified.
+
+    Args:
+        request: concepts or sample ids, or ready-made splits.
+        method: a registered method name (see ``vlunlearn.methods.available_methods()``) or
+            ``"retrain"``, the oracle: pretraining from scratch on D_r with ``recipe``.
+        data: a built-in dataset name, or ``(train, test)`` datasets.
+        recipe: the pretraining recipe of ``model``, needed by ``retrain`` (default: the
+            built-in recipe for the model's configuration and geometry).
+        early_stop: optional stop when forget accuracy on a D_f slice reaches a target.
+        epochs: budget in passes over D_f, replacing the config's ``steps``.
+        overrides: settings of the method's config, e.g. ``steps=30, alpha=2.0``.
+
+    Returns:
+        The unlearned model and a record of what ran.
+    """
+    tokenizer = tokenizer or Tokenizer()
+    splits = request if isinstance(request, UnlearningSplits) else _splits(request, data)
+    if method == ORACLE:
+        retrained, result, recipe = retrain(model, splits.retain, recipe, overrides, tokenizer=tokenizer, progress=progress)
+        record = UnlearnRecord(ORACLE, recipe.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history)
+        return retrained, record
+
+    method_class = get_method(method)
+    config = make_config(method_class.config_class, overrides)
+    if epochs is not None:
+        forget_batch = min(config.forget_batch_size, len(splits.forget))
+        config = replace(config, steps=max(1, math.ceil(epochs * len(splits.forget) / forget_batch)))
+    seed_everything(config.seed)
+    unlearned = copy.deepcopy(model)
+    original = copy.deepcopy(model).eval().requires_grad_(False)
+    if unlearned.config.hyperbolic and not config.learn_curvature:
+        unlearned.curv.requires_grad_(False)
+    tokens = TokenCache(tokenizer, model.config.context_length)
+    context = MethodContext(original, splits.retain.canonical_captions(), tokens, config.seed)
+    instance = method_class(config, context)
+    instance.check_model(unlearned)
+    objective = UnlearningObjective(
+        instance,
+        PairSampler(splits.retain, tokens, config.retain_batch_size, config.seed),
+        PairSampler(splits.forget, tokens, config.forget_batch_size, config.seed + 1),
+    )
+    optim = OptimConfig(
+        steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, cosine=False
+    )
+    should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
+    result = train(unlearned, objective, optim, description=f"unlearn {method}", progress=progress, should_stop=should_stop)
+    record = UnlearnRecord(
+        method, config.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
+        stopped_early=result.steps < config.steps,
+    )
+    return unlearned, record
+
+
+def _splits(request: UnlearningRequest, data: str | tuple[PairDataset, PairDataset]) -> UnlearningSplits:
+    train_data, test_data = (load_builtin(data, "train"), load_builtin(data, "test")) if isinstance(data, str) else data
+    return make_splits(train_data, test_data, request)
+
+
+def _early_stopper(rule: EarlyStop, splits: UnlearningSplits, tokenizer: Tokenizer, model: ContrastiveModel):
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randperm(len(splits.forget), generator=generator)[: rule.slice_size]
+    validation = splits.forget.subset(picks)
+    prompts = class_prompts(validation)
+
+    def should_stop(steps_done: int) -> bool:
+        if steps_done % rule.every:
+            return False
+        predictions = zero_shot_predictions(model, encode_images(model, validation), class_embeddings(model, tokenizer, prompts))
+        return zero_shot_accuracy(predictions, validation.labels)["micro"] <= rule.target
+
+    return should_stop

@@ -1,0 +1,116 @@
+"""The ``vlunlearn`` command: a pretraining run folder with a complete results file and a
+loadable model, refusal to overwrite a run, argument errors, and ``python -m vlunlearn``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlunlearn.cli import main
+from vlunlearn.data import Tokenizer, load_builtin
+from vlunlearn.evaluation import evaluate_zero_shot
+from vlunlearn.models import load_model
+from vlunlearn.training.pretrain import PretrainConfig
+
+
+PRETRAIN = ["pretrain", "--data", "digits", "--steps", "6", "--geometry", "lorentz", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def meru_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("cli") / "meru"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([*PRETRAIN, "--out", str(out)])
+    assert code == 0
+    return out, stdout.getvalue()
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pretrain_writes_a_complete_results_file(meru_run):
+    out, stdout = meru_run
+    assert sorted(p.name for p in out.iterdir()) == ["model", "results.json"]  # the training state is gone
+    record = json.loads((out / "results.json").read_text())
+    assert record["schema_version"] == 1
+    assert record["kind"] == "pretrain"
+    assert record["seed"] == 0
+    expected_config = json.loads(json.dumps(PretrainConfig(geometry="lorentz", steps=6).to_dict()))
+    assert record["config"] == expected_config
+    assert record["model_config"]["geometry"] == "lorentz"
+    assert record["data"]["name"] == "digits"
+    assert record["data"]["train_size"] == 1437
+    assert record["data"]["train_hash"] == load_builtin("digits", "train", seed=0).content_hash()
+    for key in ("vlunlearn", "torch", "python", "platform", "time_utc"):
+        assert record["environment"][key]
+    assert record["training"]["steps"] == 6 and record["training"]["resumed_from"] == 0
+
+    zero_shot = record["metrics"]["zero_shot_test"]
+    assert 0.0 <= zero_shot["micro"] <= 100.0 and zero_shot["count"] == 360
+    distances = record["metrics"]["distance_to_origin"]
+    assert set(distances) == {"generic", "family", "class", "images"}
+    assert all(math.isfinite(v) and v > 0 for v in distances.values())
+    assert math.isfinite(record["metrics"]["curvature"]) and record["metrics"]["curvature"] > 0
+    assert f"{zero_shot['micro']:.2f}%" in stdout and str(out) in stdout
+
+
+def test_the_saved_model_reproduces_the_recorded_accuracy(meru_run):
+    out, _ = meru_run
+    record = json.loads((out / "results.json").read_text())
+    model = load_model(out / "model")
+    assert model.config.geometry == "lorentz" and model.config.name == "tiny"
+    accuracy = evaluate_zero_shot(model, load_builtin("digits", "test", seed=0), Tokenizer())
+    assert accuracy == record["metrics"]["zero_shot_test"]
+    assert model.curvature().item() == pytest.approx(record["metrics"]["curvature"], rel=1e-6)
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(meru_run, capsys):
+    out, _ = meru_run
+    before = _snapshot(out)
+    assert {"results.json", "model/model.safetensors", "model/config.json"} <= set(before)
+    capsys.readouterr()
+    code = main([*PRETRAIN, "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--resume" in err
+    assert "Traceback" not in err
+    assert _snapshot(out) == before
+
+
+def test_an_unknown_dataset_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["pretrain", "--data", "imagenet", "--out", str(tmp_path / "run")])
+    assert error.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_command_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as error:
+        main([])
+    assert error.value.code == 2
+
+
+def test_python_dash_m_vlunlearn_help():
+    done = subprocess.run([sys.executable, "-m", "vlunlearn", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pretrain" in done.stdout and "demo" in done.stdout
+    assert done.stdout.startswith("usage: vlunlearn")
+
+
+@pytest.mark.parametrize("extra", [["--steps", "0"], ["--model", "no-such-model"]])
+def test_invalid_recipe_arguments_are_clean_errors(tmp_path, capsys, extra):
+    code = main(["pretrain", "--data", "digits", "--quiet", "--out", str(tmp_path / "run"), *extra])
+    assert code == 2
+    assert "vlunlearn: error:" in capsys.readouterr().err
