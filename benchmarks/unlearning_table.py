@@ -15,26 +15,27 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from vlunlearn import unlearn
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation import evaluate_splits
 from vlunlearn.methods import available_methods
 from vlunlearn.models import load_model, save_model
 from vlunlearn.provenance import environment
+from vlunlearn.io import atomic_write_text
+from vlunlearn.runs import write_json
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 
 GEOMETRY_METHODS = {"euclidean": [m for m in available_methods() if m != "hac"], "lorentz": available_methods()}
 
 
 def cached(path: Path, build):
-    """Load a model saved at ``path``, or build it (returning (model, seconds)) and save it."""
-    if (path / "model.safetensors").exists():
-        meta = json.loads((path / "config.json").read_text())["metadata"]
-        return load_model(path), meta["seconds"]
+    """Load the model of the run folder ``path`` (``model/`` and ``results.json``, the layout
+    ``vlunlearn pretrain`` writes), or build it (returning (model, seconds)) and save it so."""
+    if (path / "results.json").exists():
+        return load_model(path / "model"), json.loads((path / "results.json").read_text())["training"]["seconds"]
     model, seconds = build()
-    save_model(model, path, metadata={"seconds": seconds})
+    save_model(model, path / "model")
+    write_json(path / "results.json", {"training": {"seconds": seconds}})
     return model, seconds
 
 
@@ -99,8 +100,8 @@ def main() -> None:
             f"{row['zs_test_retain']:.1f} | {row['zs_train_forget']:.1f} | {row['seconds']:.1f} | "
             f"{'' if ratio is None else f'{ratio:.3f}'} |"
         )
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+    atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
+    write_json(args.out / "results.json", {"environment": environment(), "rows": rows})
     print("\n".join(lines))
 
 

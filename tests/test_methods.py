@@ -1,0 +1,143 @@
+"""Unlearning methods: registry, configs, every method's loss on both geometries, the public API."""
+
+import math
+
+import pytest
+import torch
+
+from vlunlearn import unlearn
+from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.geometry import lorentz
+from vlunlearn.methods import MethodContext, available_methods, get_method, make_config
+from vlunlearn.methods.ac import ACConfig, AlignmentCalibration
+from vlunlearn.methods.hac import HACConfig
+from vlunlearn.models import build_model
+from vlunlearn.training.batches import PairSampler, TokenCache
+
+ALL_METHODS = ["ac", "finetune", "hac", "multidelete", "neggrad", "neggrad_plus", "random_pairs"]
+
+
+@pytest.fixture(scope="module")
+def digits_splits():
+    train, test = load_builtin("digits", "train"), load_builtin("digits", "test")
+    return make_splits(train.subset(range(300)), test.subset(range(120)), UnlearningRequest(concepts=("seven",)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer()
+
+
+def test_registry_lists_every_method_and_rejects_unknown_names():
+    assert available_methods() == ALL_METHODS
+    with pytest.raises(ValueError, match="choose one of"):
+        get_method("forgetful")
+
+
+def test_make_config_parses_strings_and_rejects_bad_settings():
+    config = make_config(HACConfig, {"alpha": "2", "steps": "7", "partner_pool": "forget", "learn_curvature": "true"})
+    assert (config.alpha, config.steps, config.partner_pool, config.learn_curvature) == (2.0, 7, "forget", True)
+    assert make_config(ACConfig, {"beta": 3}).beta == 3.0  # an int is a valid float
+    with pytest.raises(ValueError, match="unknown setting.*lambda_ec"):
+        make_config(ACConfig, {"lambda_ec": 1.0})
+    with pytest.raises(ValueError, match="steps='many' is not a valid int"):
+        make_config(ACConfig, {"steps": "many"})
+    with pytest.raises(ValueError, match="partner_pool"):
+        make_config(ACConfig, {"partner_pool": "anywhere"})
+
+
+@pytest.mark.parametrize("geometry", ["euclidean", "lorentz"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_runs_with_finite_losses(method, geometry, digits_splits, tokenizer):
+    model = build_model("tiny", geometry)
+    if method == "hac" and geometry == "euclidean":
+        with pytest.raises(ValueError, match="hyperbolic"):
+            unlearn(model, digits_splits, method, tokenizer=tokenizer, progress=False, steps=2)
+        return
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unlearned, record = unlearn(
+        model, digits_splits, method, tokenizer=tokenizer, progress=False,
+        steps=3, retain_batch_size=16, forget_batch_size=8,
+    )
+    assert record.steps == 3 and record.method == method
+    assert all(math.isfinite(value) for entry in record.history for value in entry.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model was modified"
+    changed = [k for k, v in unlearned.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed, "unlearning changed no weight"
+    if geometry == "lorentz":
+        assert "curv" not in changed  # curvature is frozen by default
+
+
+def test_learn_curvature_lets_the_curvature_move(digits_splits, tokenizer):
+    model = build_model("tiny", "lorentz")
+    unlearned, _ = unlearn(model, digits_splits, "hac", tokenizer=tokenizer, progress=False, steps=3,
+                           retain_batch_size=16, forget_batch_size=8, learn_curvature=True, lr=1e-2)
+    assert unlearned.curv.item() != model.curv.item()
+
+
+def test_ac_loss_matches_its_formula(digits_splits, tokenizer):
+    """AC's loss recomputed by hand from embeddings, with the forget partner pool."""
+    torch.manual_seed(0)
+    model = build_model("tiny", "euclidean").eval()
+    tokens = TokenCache(tokenizer, model.config.context_length)
+    config = ACConfig(alpha=2.0, beta=0.5, partner_pool="forget", seed=3)
+    method = AlignmentCalibration(config, MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 3))
+    retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
+    forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
+    with torch.no_grad():
+        loss = method.loss(model, retain, forget, step=0).loss
+        v_r, t_r = model(retain.images, retain.tokens)
+        v_f, t_f = model(forget.images, forget.tokens)
+        partner = method.partner_embeddings(model, t_f, 0)
+        # the partner of each forget pair is another forget caption, never its own
+        assert not any(torch.equal(partner[i], t_f[i]) for i in range(4))
+        images, texts = torch.cat([v_r, v_f]), torch.cat([t_r, partner])
+        logits = model.logit_scale.exp() * images @ texts.T
+        labels = torch.arange(10)
+        per_pair = (torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+                    + torch.nn.functional.cross_entropy(logits.T, labels, reduction="none")) / 2
+        expected = (per_pair[:6].sum() + 2.0 * per_pair[6:].sum()) / (6 + 2.0 * 4) + 0.5 * (v_f * t_f).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_hac_terms_switch_off_to_plain_ac(digits_splits, tokenizer):
+    model = build_model("tiny", "lorentz").eval()
+    tokens = TokenCache(tokenizer, model.config.context_length)
+    context = MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 0)
+    retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
+    forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
+    off = HACConfig(lambda_ec=0, lambda_ent=0, lambda_norm=0, lambda_gen=0)
+    hac = get_method("hac")(off, context)
+    ac = get_method("ac")(ACConfig(), context)
+    with torch.no_grad():
+        torch.testing.assert_close(hac.loss(model, retain, forget, 0).loss, ac.loss(model, retain, forget, 0).loss)
+        on = get_method("hac")(HACConfig(lambda_gen=1.0), context).loss(model, retain, forget, 0)
+    # the norm term is zero against an identical original; the others are logged
+    assert on.logs["norm"] == pytest.approx(0.0, abs=1e-10)
+    assert {"entailment_calibration", "retain_entailment", "forget_depth"} <= set(on.logs)
+    v_f = model.encode_image(forget.images)
+    assert on.logs["forget_depth"] == pytest.approx(lorentz.dist_to_origin(v_f, model.curvature()).mean().item(), rel=1e-5)
+
+
+def test_multidelete_is_zero_retention_loss_for_the_original(digits_splits, tokenizer):
+    """Against itself, MultiDelete's retention terms vanish; decoupling compares with mismatched pairs."""
+    model = build_model("tiny", "euclidean").eval()
+    tokens = TokenCache(tokenizer, model.config.context_length)
+    context = MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 0)
+    method = get_method("multidelete")(make_config(get_method("multidelete").config_class, {}), context)
+    retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
+    forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
+    with torch.no_grad():
+        logs = method.loss(model, retain, forget, 0).logs
+    assert logs["multimodal"] == pytest.approx(0.0, abs=1e-12) and logs["unimodal"] == pytest.approx(0.0, abs=1e-12)
+    assert logs["decoupling"] > 0
+
+
+def test_epochs_budget_and_sample_requests(tokenizer):
+    train, test = load_builtin("digits", "train").subset(range(200)), load_builtin("digits", "test").subset(range(60))
+    ids = tuple(train.ids[:20])
+    model = build_model("tiny", "euclidean")
+    _, record = unlearn(model, UnlearningRequest(sample_ids=ids), "ac", data=(train, test), tokenizer=tokenizer,
+                        progress=False, epochs=2, forget_batch_size=8, retain_batch_size=16, partner_pool="forget")
+    assert record.steps == math.ceil(2 * 20 / 8)
+    assert record.request["sample_ids"] == list(ids) or tuple(record.request["sample_ids"]) == ids
