@@ -1,12 +1,26 @@
-"""Hyperbolic hierarchy diagnostics: how far from the origin each level of the hierarchy sits."""
+"""Hyperbolic hierarchy diagnostics (Lorentz models only).
+
+- :func:`distance_to_origin_by_level` and :func:`distance_to_origin_by_concept`: how far
+  from the origin captions of each level, and images of each class, sit. A model that
+  learned the hierarchy puts generic text near the origin and specific items further out.
+- :func:`entailment_rate`: how often an image lies inside the entailment cone of its caption.
+- :func:`image_traversal`: MERU's qualitative check (``reference/meru.md`` §4.4), the labels
+  met on the geodesic from an image embedding to the origin.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Mapping, Sequence
+
 import torch
+from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import class_embeddings, encode_images, encode_texts
 from vlunlearn.geometry import lorentz
+
+ROOT = "[ROOT]"
 
 
 def _require_hyperbolic(model) -> None:
@@ -32,3 +46,122 @@ def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) 
         result[name] = lorentz.dist_to_origin(encode_texts(model, tokenizer, texts), c).mean().item()
     result["images"] = lorentz.dist_to_origin(encode_images(model, data), c).mean().item()
     return result
+
+
+@torch.no_grad()
+def distance_to_origin_by_concept(model, data: PairDataset, tokenizer: Tokenizer) -> dict[str, float]:
+    """Mean distance to the origin of the image embeddings of each class, by class name.
+
+    Classes come from ``data.labels`` (items labelled -1 are ignored) and are listed in
+    ``data.class_names`` order; classes without any image in ``data`` are left out.
+    ``tokenizer`` is unused (kept for a uniform signature).
+    """
+    _require_hyperbolic(model)
+    if len(data) == 0:
+        return {}
+    d0 = lorentz.dist_to_origin(encode_images(model, data), model.curvature()).cpu()
+    labels = data.labels
+    return {
+        name: d0[labels == k].mean().item()
+        for k, name in enumerate(data.class_names)
+        if bool((labels == k).any())
+    }
+
+
+@torch.no_grad()
+def entailment_rate(model, data: PairDataset, tokenizer: Tokenizer) -> float:
+    """Fraction (0..1) of pairs whose image lies in the entailment cone of its canonical caption.
+
+    A pair counts when ``ext(t, v) <= aper(t)``: the exterior angle at the caption
+    embedding ``t`` of the triangle origin-``t``-``v`` is at most the cone's half-aperture
+    (MERU's entailment condition, the one its entailment loss penalises). NaN for empty data.
+    """
+    _require_hyperbolic(model)
+    if len(data) == 0:
+        return math.nan
+    c = model.curvature()
+    images = encode_images(model, data)
+    captions = data.canonical_captions()
+    distinct = sorted(set(captions))
+    position = {text: i for i, text in enumerate(distinct)}
+    texts = encode_texts(model, tokenizer, distinct)[torch.tensor([position[t] for t in captions])]
+    texts = texts.to(images.device)
+    inside = lorentz.exterior_angle(texts, images, c) <= lorentz.half_aperture(texts, c)
+    return inside.double().mean().item()
+
+
+def _prompt_lists(prompts: Mapping[str, Sequence[str] | str]) -> tuple[list[str], list[list[str]]]:
+    names, lists = [], []
+    for name, value in prompts.items():
+        if name == ROOT:
+            raise ValueError(f"{ROOT!r} is reserved for the origin and cannot name a concept")
+        texts = [value] if isinstance(value, str) else list(value)
+        if not texts:
+            raise ValueError(f"concept {name!r} has no prompts")
+        names.append(str(name))
+        lists.append(texts)
+    return names, lists
+
+
+@torch.no_grad()
+def image_traversal(
+    model,
+    image: Tensor,
+    prompts: Mapping[str, Sequence[str] | str],
+    tokenizer: Tokenizer,
+    steps: int = 50,
+) -> list[str]:
+    """MERU's image traversal: the concepts met walking from an image embedding to the origin.
+
+    Args:
+        image: one image ``(C, H, W)`` (or ``(1, C, H, W)``), floating point in [0, 1]
+            (uint8 is scaled by 1/255).
+        prompts: concept name -> its prompt(s); e.g. ``hierarchy.level_prompts(level)``
+            for the levels of interest merged into one dict. A concept's embedding is the
+            geometry mean of its prompt embeddings (tangent mean at the origin, mapped back).
+        steps: number of points on the path (at least 2).
+
+    The points are ``exp_map0(s * log_map0(v))`` for ``s`` = ``steps`` evenly spaced values
+    from 1 (the image embedding ``v``) down to 0 (the origin). Each point gets the label of
+    the candidate with the largest Lorentzian inner product with it (equivalently the
+    smallest geodesic distance) among the concepts whose entailment cone contains the point,
+    ``ext(text, point) <= aper(text)``, and ``"[ROOT]"`` (the origin), which is always a
+    candidate. Ties go to the concept listed first, ``"[ROOT]"`` last. Consecutive repeats
+    are removed. Returns the labels, image end first; the last is always ``"[ROOT]"``,
+    because the origin is nearest to itself and lies in no cone.
+    """
+    _require_hyperbolic(model)
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, not {steps}")
+    names, lists = _prompt_lists(prompts)
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (C, H, W), got {tuple(image.shape)}")
+    if not image.dtype.is_floating_point:
+        image = image.to(torch.float32) / 255.0
+    model.eval()
+    c = model.curvature()
+    v = model.encode_image(image)[0]
+    weights = torch.linspace(1.0, 0.0, steps, dtype=v.dtype, device=v.device)
+    points = lorentz.exp_map0(weights[:, None] * lorentz.log_map0(v, c)[None, :], c)  # (S, D)
+
+    if names:
+        concepts = class_embeddings(model, tokenizer, lists).to(device=points.device, dtype=points.dtype)  # (K, D)
+        scores = lorentz.pairwise_inner(points, concepts, c)  # (S, K)
+        S, K = scores.shape
+        apex = concepts[None, :, :].expand(S, K, -1).reshape(S * K, -1)
+        where = points[:, None, :].expand(S, K, -1).reshape(S * K, -1)
+        inside = (lorentz.exterior_angle(apex, where, c) <= lorentz.half_aperture(apex, c)).reshape(S, K)
+        scores = scores.masked_fill(~inside, -math.inf)
+    else:
+        scores = points.new_zeros(points.shape[0], 0)
+    root = lorentz.pairwise_inner(points, torch.zeros_like(points[:1]), c)  # (S, 1)
+    best = torch.cat([scores, root], dim=1).argmax(dim=1).tolist()
+
+    labels = names + [ROOT]
+    sequence: list[str] = []
+    for index in best:
+        if not sequence or sequence[-1] != labels[index]:
+            sequence.append(labels[index])
+    return sequence

@@ -1,0 +1,181 @@
+"""Membership inference: can an attacker tell the forget set D_f from unseen pairs of the same concepts?
+
+Members are the D_f pairs, non-members test-forget pairs (same concepts, never trained on).
+Each pair is described by three features (:func:`membership_features`):
+
+0. the geometry's similarity of the image and its canonical caption (cosine, or negative
+   geodesic distance);
+1. its symmetric contrastive loss inside a batch of the dataset (chunked in order);
+2. the rank (0 = best) of its caption among all captions of the dataset, for its image.
+
+The attacker (:func:`membership_inference`) is a logistic regression on standardised features,
+scored out of fold with stratified k-fold cross-validation on balanced classes. AUC and
+accuracy are fractions in [0, 1]; 0.5 means the attacker cannot tell members from non-members,
+and the target of unlearning is the retrained model's value, not 0.5 per se.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import Tensor
+
+from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.evaluation.retrieval import best_positive_rank, caption_ids
+from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.training.losses import contrastive_logits, pairwise_contrastive_loss
+
+__all__ = ["FEATURE_NAMES", "membership_features", "membership_inference", "mia_metrics"]
+
+FEATURE_NAMES = ("similarity", "contrastive_loss", "caption_rank")
+_ROW_CHUNK = 1024
+
+
+def loss_batches(n: int, batch_size: int) -> list[Tensor]:
+    """Index chunks of ``range(n)`` in order: ``ceil(n / batch_size)`` chunks of near-equal size.
+
+    Near-equal chunks (sizes differ by at most one) keep a short last batch, whose contrastive
+    loss would be small only for having few negatives, from skewing a few items' loss.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if n == 0:
+        return []
+    return list(torch.arange(n).tensor_split(math.ceil(n / batch_size)))
+
+
+@torch.no_grad()
+def membership_features(model, data: PairDataset, tokenizer: Tokenizer, batch_size: int = 256) -> Tensor:
+    """Per-pair attack features of ``data``, float64 ``(N, 3)`` in the order of :data:`FEATURE_NAMES`.
+
+    - ``similarity``: ``model.geometry.paired_similarity(image, canonical caption)``.
+    - ``contrastive_loss``: the symmetric per-pair loss (``contrastive_logits`` then
+      ``pairwise_contrastive_loss``, diagonal targets) within batches of the dataset taken in
+      order, ``ceil(N / batch_size)`` batches of near-equal size (see :func:`loss_batches`). The
+      loss depends on the batch size, so compare members and non-members featurised with the same
+      N and ``batch_size`` (as :func:`mia_metrics` does).
+    - ``caption_rank``: for each image, the rank (0 = best) of its caption among the canonical
+      captions of all items of ``data``, by similarity with ties to the lower index. Captions
+      that are the identical string count as the true caption, so the rank is the best among
+      them (0 if any copy ranks first).
+
+    Deterministic for a given model and data.
+    """
+    n = len(data)
+    if n == 0:
+        return torch.zeros(0, len(FEATURE_NAMES), dtype=torch.float64)
+    captions = data.canonical_captions()
+    image_emb = encode_images(model, data, batch_size)
+    text_emb = encode_texts(model, tokenizer, captions, batch_size)
+    c = model.curvature()
+    similarity = model.geometry.paired_similarity(image_emb, text_emb, c)
+    loss = torch.cat([
+        pairwise_contrastive_loss(contrastive_logits(model, image_emb[rows], text_emb[rows]))
+        for rows in loss_batches(n, batch_size)
+    ])
+    ids = caption_ids(captions).to(image_emb.device)
+    ranks = torch.cat([
+        best_positive_rank(model.geometry.pairwise_similarity(image_emb[start:start + _ROW_CHUNK], text_emb, c),
+                           ids[start:start + _ROW_CHUNK, None] == ids[None, :])
+        for start in range(0, n, _ROW_CHUNK)
+    ])
+    return torch.stack([similarity.double(), loss.double(), ranks.double()], dim=1).cpu()
+
+
+def _as_matrix(features, what: str) -> np.ndarray:
+    if isinstance(features, Tensor):
+        features = features.detach().cpu().double().numpy()
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"{what} features must be (N, F), not shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} features contain NaN or infinite values")
+    return array
+
+
+def balanced_subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` of ``range(n)`` drawn without replacement, in increasing order (all of them if ``size >= n``)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def membership_inference(member_features, nonmember_features, folds: int = 5, seed: int = 0) -> dict:
+    """Out-of-fold logistic-regression attack separating members from non-members.
+
+    ``member_features`` ``(Nm, F)`` and ``nonmember_features`` ``(Nn, F)``, tensors or arrays
+    (a 1-d input is one feature). The larger group is subsampled without replacement to the
+    size of the smaller with ``numpy.random.default_rng(seed)``; the attacker is
+    ``StandardScaler`` + ``LogisticRegression`` fitted on the training folds only, scored by
+    ``StratifiedKFold(folds, shuffle=True, random_state=seed)``. From the out-of-fold member
+    probabilities it reports ``auc`` (ROC AUC) and ``accuracy`` (probability > 0.5 predicts a
+    member), both fractions in [0, 1], and ``members`` / ``nonmembers``: the counts used after
+    balancing (equal). Deterministic for a seed.
+
+    Raises ValueError when, after balancing, a class has fewer than ``folds`` examples.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    members = _as_matrix(member_features, "member")
+    nonmembers = _as_matrix(nonmember_features, "non-member")
+    if members.shape[1] != nonmembers.shape[1]:
+        raise ValueError(f"members have {members.shape[1]} features but non-members {nonmembers.shape[1]}")
+    size = min(len(members), len(nonmembers))
+    if size < folds:
+        raise ValueError(
+            f"membership inference with {folds}-fold cross-validation needs at least {folds} examples per class "
+            f"after balancing; got {len(members)} members and {len(nonmembers)} non-members"
+        )
+    rng = np.random.default_rng(seed)
+    members = members[balanced_subsample(len(members), size, rng)]
+    nonmembers = nonmembers[balanced_subsample(len(nonmembers), size, rng)]
+    x = np.concatenate([members, nonmembers])
+    y = np.concatenate([np.ones(size, dtype=np.int64), np.zeros(size, dtype=np.int64)])
+    probability = np.empty(len(y), dtype=np.float64)
+    for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
+        attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        attacker.fit(x[train], y[train])
+        probability[test] = attacker.predict_proba(x[test])[:, list(attacker.classes_).index(1)]
+    return {
+        "auc": float(roc_auc_score(y, probability)),
+        "accuracy": float(((probability > 0.5) == (y == 1)).mean()),
+        "members": int(size),
+        "nonmembers": int(size),
+    }
+
+
+def mia_metrics(model, members: PairDataset, nonmembers: PairDataset, tokenizer: Tokenizer, seed: int = 0,
+                folds: int = 5, batch_size: int = 256) -> dict:
+    """Membership-inference attack of ``model``: members (D_f) against non-members (test-forget).
+
+    The larger dataset is first subsampled (``numpy.random.default_rng(seed)``, order kept) to the
+    size of the smaller, and both are featurised with the same batch size, so the loss and rank
+    features, which depend on the dataset and batch sizes, are comparable. Returns
+    ``mia_auc`` and ``mia_accuracy`` (fractions in [0, 1]) and the counts ``mia_members`` and
+    ``mia_nonmembers`` (equal). See :func:`membership_inference` for the attacker.
+    """
+    size = min(len(members), len(nonmembers))
+    if size < folds:
+        raise ValueError(
+            f"membership inference with {folds}-fold cross-validation needs at least {folds} pairs on each side; "
+            f"got {len(members)} members and {len(nonmembers)} non-members"
+        )
+    rng = np.random.default_rng(seed)
+    members = members.subset(torch.from_numpy(balanced_subsample(len(members), size, rng)))
+    nonmembers = nonmembers.subset(torch.from_numpy(balanced_subsample(len(nonmembers), size, rng)))
+    result = membership_inference(
+        membership_features(model, members, tokenizer, batch_size),
+        membership_features(model, nonmembers, tokenizer, batch_size),
+        folds=folds,
+        seed=seed,
+    )
+    return {f"mia_{key}": value for key, value in result.items()}

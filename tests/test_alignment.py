@@ -1,0 +1,178 @@
+"""Alignment audit: the gap's arithmetic on hand-made matrices, the matrix of a fake model whose
+embeddings are known (cosine for Euclidean, negative geodesic distance for Lorentz), the seeded
+selection of pairs, and a smoke run on an untrained tiny MERU."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.evaluation.alignment import (
+    alignment_audit,
+    alignment_gap,
+    alignment_gap_matrix,
+    alignment_matrix,
+    alignment_selection,
+)
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
+from vlunlearn.models import build_model
+
+
+class FakeTokenizer:
+    """Maps each known text to a one-token row holding its index."""
+
+    def __init__(self, texts):
+        self.index = {text: i for i, text in enumerate(texts)}
+
+    def __call__(self, texts, context_length=77):
+        return torch.tensor([[self.index[t]] for t in texts], dtype=torch.long)
+
+
+def _fake(geometry, image_table, text_table, c=None):
+    """Image ``i`` (all pixels equal to ``i``) embeds to ``image_table[i]``; text token ``k`` to ``text_table[k]``."""
+    return SimpleNamespace(
+        geometry=geometry,
+        curvature=lambda: None if c is None else torch.tensor(c, dtype=torch.float64),
+        config=SimpleNamespace(context_length=77),
+        eval=lambda: None,
+        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
+        encode_text=lambda tokens: text_table[tokens[:, 0]],
+    )
+
+
+def _dataset(n: int) -> PairDataset:
+    return PairDataset(
+        name="toy",
+        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        captions=[("a thing.", f"thing number {i}.") for i in range(n)],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.full((n,), -1),
+        ids=[f"toy/{i:02d}" for i in range(n)],
+        class_names=(),
+    )
+
+
+def _setup(n: int, geometry=EUCLIDEAN, c=None, seed=0):
+    data = _dataset(n)
+    texts = ["a thing."] + [f"thing number {i}." for i in range(n)]
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    captions = torch.randn(n + 1, 4, generator=generator, dtype=torch.float64)
+    return data, FakeTokenizer(texts), _fake(geometry, images, captions, c), images, captions[1:]
+
+
+def _cosine(x, y):
+    return (x / x.norm(dim=1, keepdim=True)) @ (y / y.norm(dim=1, keepdim=True)).T
+
+
+# --------------------------------------------------------------------------- gap arithmetic
+
+
+def test_gap_of_constant_diagonal_and_off_diagonal():
+    matrix = torch.full((4, 4), 0.25)
+    matrix.fill_diagonal_(1.0)
+    assert alignment_gap(matrix) == pytest.approx(0.75)
+    assert alignment_gap(-matrix) == pytest.approx(-0.75)
+
+
+def test_gap_of_a_three_by_three_hand_case():
+    matrix = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.8, -0.1], [0.0, 0.4, 0.7]])
+    # diagonal mean 0.8; off-diagonal (0.1 + 0.2 + 0.3 - 0.1 + 0.0 + 0.4) / 6 = 0.15
+    assert alignment_gap(matrix) == pytest.approx(0.65)
+    assert alignment_gap(matrix.tolist()) == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("matrix", [torch.ones(1, 1), torch.zeros(0, 0), torch.ones(2, 3), torch.ones(4)])
+def test_gap_needs_a_square_matrix_of_at_least_two(matrix):
+    with pytest.raises(ValueError):
+        alignment_gap(matrix)
+
+
+def test_gap_matrix_is_the_difference_and_checks_shapes():
+    a, b = torch.tensor([[1.0, 0.5], [0.2, 0.9]]), torch.tensor([[0.5, 0.5], [0.1, 0.2]])
+    torch.testing.assert_close(alignment_gap_matrix(a, b), torch.tensor([[0.5, 0.0], [0.1, 0.7]]))
+    with pytest.raises(ValueError):
+        alignment_gap_matrix(a, torch.ones(3, 3))
+
+
+# --------------------------------------------------------------------------- selection and matrix
+
+
+def test_selection_is_seeded_sorted_and_bounded():
+    first = alignment_selection(12, max_pairs=5, seed=3)
+    assert first.tolist() == sorted(first.tolist()) and len(set(first.tolist())) == 5
+    assert torch.equal(first, alignment_selection(12, max_pairs=5, seed=3))
+    expected = torch.randperm(12, generator=torch.Generator().manual_seed(3))[:5].sort().values
+    assert torch.equal(first, expected)
+    assert not torch.equal(first, alignment_selection(12, max_pairs=5, seed=4))
+    assert alignment_selection(7, max_pairs=64, seed=9).tolist() == list(range(7))
+    assert alignment_selection(0, max_pairs=64).numel() == 0
+    with pytest.raises(ValueError):
+        alignment_selection(5, max_pairs=0)
+
+
+def test_euclidean_matrix_is_the_cosine_of_images_and_canonical_captions():
+    data, tokenizer, model, images, captions = _setup(12)
+    matrix = alignment_matrix(model, data, tokenizer, max_pairs=5, seed=3)
+    assert matrix.shape == (5, 5)
+    rows = alignment_selection(12, 5, 3)
+    torch.testing.assert_close(matrix, _cosine(images[rows], captions[rows]))
+    # reproducible, and another seed looks at other pairs
+    assert torch.equal(matrix, alignment_matrix(model, data, tokenizer, max_pairs=5, seed=3))
+    assert not torch.equal(matrix, alignment_matrix(model, data, tokenizer, max_pairs=5, seed=4))
+    # all pairs in dataset order when max_pairs exceeds the data
+    full = alignment_matrix(model, data, tokenizer, max_pairs=64)
+    torch.testing.assert_close(full, _cosine(images, captions))
+
+
+def test_lorentz_matrix_is_the_negative_geodesic_distance():
+    c = 0.5
+    data, tokenizer, _, tangent_images, tangent_captions = _setup(6)
+    images, captions = lorentz.exp_map0(tangent_images, c), lorentz.exp_map0(tangent_captions, c)
+    model = _fake(LORENTZ, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), captions]), c)
+    matrix = alignment_matrix(model, data, tokenizer, max_pairs=6)
+    # written out: arcosh(-c <x, y>_L) / sqrt(c)
+    xt = torch.sqrt(1 / c + (images**2).sum(1))
+    yt = torch.sqrt(1 / c + (captions**2).sum(1))
+    inner = images @ captions.T - xt[:, None] * yt[None, :]
+    torch.testing.assert_close(matrix, -torch.acosh(-c * inner) / math.sqrt(c))
+
+
+def test_audit_is_json_ready_and_consistent():
+    data, tokenizer, model, images, captions = _setup(10)
+    # make the pairs aligned: caption i equals image i plus a little noise
+    model = _fake(EUCLIDEAN, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), images + 0.01]))
+    audit = alignment_audit(model, data, tokenizer, max_pairs=4, seed=1)
+    json.dumps(audit)
+    rows = alignment_selection(10, 4, 1).tolist()
+    assert audit["n"] == 4 and audit["ids"] == [f"toy/{i:02d}" for i in rows]
+    matrix = torch.tensor(audit["matrix"])
+    assert matrix.shape == (4, 4)
+    assert audit["gap"] == pytest.approx(alignment_gap(matrix))
+    assert matrix.diagonal().min() > 0.99 and audit["gap"] > 0
+    single = alignment_audit(model, data, tokenizer, max_pairs=1)
+    assert single["n"] == 1 and math.isnan(single["gap"])
+
+
+def test_audit_of_an_untrained_tiny_meru():
+    torch.manual_seed(0)
+    model = build_model("tiny", "lorentz")
+    n = 3
+    data = PairDataset(
+        name="smoke",
+        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
+        captions=[("a photo of clothing.", f"a photo of a {name}.") for name in ("bag", "coat", "shirt")],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.full((n,), -1),
+        ids=[f"s{i}" for i in range(n)],
+        class_names=(),
+    )
+    audit = alignment_audit(model, data, Tokenizer(), max_pairs=8)
+    matrix = torch.tensor(audit["matrix"])
+    assert matrix.shape == (3, 3) and bool((matrix <= 0).all())  # negative distances
+    assert math.isfinite(audit["gap"])

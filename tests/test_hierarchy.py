@@ -1,0 +1,211 @@
+"""Hyperbolic hierarchy diagnostics on fake Lorentz models whose embeddings are placed by hand:
+distance to the origin per class, the entailment rate (images on their captions' cone axes,
+or opposite), and MERU's image traversal from an image to the origin."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.evaluation.hierarchy import (
+    ROOT,
+    distance_to_origin_by_concept,
+    distance_to_origin_by_level,
+    entailment_rate,
+    image_traversal,
+)
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
+from vlunlearn.models import build_model
+
+D = torch.float64
+
+
+class FakeTokenizer:
+    """Maps each known text to a one-token row holding its index."""
+
+    def __init__(self, texts):
+        self.index = {text: i for i, text in enumerate(texts)}
+
+    def __call__(self, texts, context_length=77):
+        return torch.tensor([[self.index[t]] for t in texts], dtype=torch.long)
+
+
+def _fake(image_table, text_table, c, geometry=LORENTZ):
+    """Image ``i`` (all pixels equal to ``i``) embeds to ``image_table[i]``; text token ``k`` to ``text_table[k]``."""
+    return SimpleNamespace(
+        geometry=geometry,
+        curvature=lambda: torch.tensor(c, dtype=D),
+        config=SimpleNamespace(context_length=77),
+        eval=lambda: None,
+        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
+        encode_text=lambda tokens: text_table[tokens[:, 0]],
+    )
+
+
+def _dataset(captions, labels, class_names=("a", "b", "c")) -> PairDataset:
+    n = len(captions)
+    return PairDataset(
+        name="toy",
+        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        captions=[("generic.", caption) for caption in captions],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.tensor(labels),
+        ids=[f"toy/{i}" for i in range(n)],
+        class_names=class_names,
+    )
+
+
+def _unit(angle: float) -> torch.Tensor:
+    return torch.tensor([math.cos(angle), math.sin(angle)], dtype=D)
+
+
+# --------------------------------------------------------------------------- distance to the origin
+
+
+def test_distance_to_origin_by_concept_matches_a_hand_computation():
+    c = 0.5
+    # space components with |x| = sinh(sqrt(c) r) / sqrt(c) lie at distance r from the origin
+    radii = torch.tensor([1.0, 2.0, 3.0, 10.0], dtype=D)
+    norms = torch.sinh(math.sqrt(c) * radii) / math.sqrt(c)
+    images = torch.stack([norms[0] * _unit(0.3), norms[1] * _unit(2.0), norms[2] * _unit(-1.0), norms[3] * _unit(1.0)])
+    data = _dataset(["x.", "y.", "z.", "w."], labels=[0, 0, 1, -1])
+    model = _fake(images, torch.zeros(1, 2, dtype=D), c)
+    result = distance_to_origin_by_concept(model, data, FakeTokenizer([]))
+    assert list(result) == ["a", "b"]  # class order; "c" has no image; the -1 item is ignored
+    assert result["a"] == pytest.approx(1.5)
+    assert result["b"] == pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- entailment rate
+
+
+def _entailment_setup(image_sign: list[float], c: float = 1.0):
+    """Captions at tangent radius 1 in three directions; image i at tangent radius 3 along
+    ``image_sign[i]`` times its caption's direction."""
+    angles = [0.0, 2.0, 4.0]
+    caption_points = torch.stack([lorentz.exp_map0(_unit(a), c) for a in angles])
+    labels = [i % 3 for i in range(len(image_sign))]
+    image_points = torch.stack([lorentz.exp_map0(3.0 * s * _unit(angles[k]), c) for s, k in zip(image_sign, labels)])
+    texts = [f"caption {k}." for k in range(3)]
+    data = _dataset([texts[k] for k in labels], labels)
+    return _fake(image_points, caption_points, c), data, FakeTokenizer(texts)
+
+
+@pytest.mark.parametrize("c", [1.0, 0.3])
+def test_entailment_rate_is_one_on_the_cone_axes_and_zero_opposite(c):
+    model, data, tokenizer = _entailment_setup([1.0] * 6, c)
+    assert entailment_rate(model, data, tokenizer) == 1.0
+    model, data, tokenizer = _entailment_setup([-1.0] * 6, c)
+    assert entailment_rate(model, data, tokenizer) == 0.0
+    model, data, tokenizer = _entailment_setup([1.0, -1.0, 1.0, 1.0], c)
+    assert entailment_rate(model, data, tokenizer) == pytest.approx(0.75)
+
+
+def test_entailment_rate_respects_the_aperture():
+    c = 1.0
+    caption = lorentz.exp_map0(torch.tensor([[2.0, 0.0]], dtype=D), c)
+    aperture = lorentz.half_aperture(caption, c).item()  # asin(0.2 / |x|), small
+    # images far out, at angles off the axis below and above the aperture, measured by ext itself
+    candidates = [lorentz.exp_map0(4.0 * _unit(a), c) for a in (0.0, 0.01, 0.05, 0.3, 1.0)]
+    angles = [lorentz.exterior_angle(caption, p[None], c).item() for p in candidates]
+    expected = sum(a <= aperture for a in angles) / len(angles)
+    assert 0 < expected < 1
+    data = _dataset(["caption 0."] * len(candidates), [0] * len(candidates))
+    model = _fake(torch.stack(candidates), caption, c)
+    assert entailment_rate(model, data, FakeTokenizer(["caption 0."])) == pytest.approx(expected)
+
+
+def test_euclidean_models_are_refused():
+    model = _fake(torch.zeros(1, 2, dtype=D), torch.zeros(1, 2, dtype=D), 1.0, geometry=EUCLIDEAN)
+    data = _dataset(["caption 0."], [0])
+    tokenizer = FakeTokenizer(["caption 0."])
+    for fn in (distance_to_origin_by_concept, entailment_rate, distance_to_origin_by_level):
+        with pytest.raises(ValueError, match="hyperbolic"):
+            fn(model, data, tokenizer)
+    with pytest.raises(ValueError, match="hyperbolic"):
+        image_traversal(model, torch.zeros(1, 2, 2), {"x": "caption 0."}, tokenizer)
+
+
+# --------------------------------------------------------------------------- image traversal
+
+
+def _traversal_model(c: float = 1.0):
+    """Image 0 far out on the x axis, image 1 far out on the y axis. Concepts: "sneaker" on the
+    x axis at tangent radius 2.5, "footwear" on the x axis at radius 1 (as the tangent mean of two
+    prompts at (1, +-0.3)), "bag" on the y axis at radius 2.5, and "dress" the nearest concept
+    to image 0 (tangent radius 3.9, 0.02 rad off the x axis) but with image 0 outside its cone."""
+    tangent_texts = torch.tensor(
+        [[2.5, 0.0], [1.0, 0.3], [1.0, -0.3], [0.0, 2.5], [3.9 * math.cos(0.02), 3.9 * math.sin(0.02)]], dtype=D
+    )
+    texts = ["sneaker", "footwear a", "footwear b", "bag", "dress"]
+    images = lorentz.exp_map0(torch.tensor([[4.0, 0.0], [0.0, 4.0]], dtype=D), c)
+    return _fake(images, lorentz.exp_map0(tangent_texts, c), c), FakeTokenizer(texts)
+
+
+PROMPTS = {"sneaker": ["sneaker"], "footwear": ["footwear a", "footwear b"], "bag": "bag", "dress": ["dress"]}
+
+
+@pytest.mark.parametrize("c", [1.0, 0.5])
+def test_traversal_walks_from_the_specific_concept_to_the_root(c):
+    model, tokenizer = _traversal_model(c)
+    # without the cone mask "dress" would label the image end: it is nearer than "sneaker"
+    image_0 = model.encode_image(torch.zeros(1, 1, 2, 2))
+    dress, sneaker = model.encode_text(torch.tensor([[4], [0]]))
+    assert lorentz.pairwise_dist(image_0, dress[None], c) < lorentz.pairwise_dist(image_0, sneaker[None], c)
+    image = torch.zeros(1, 2, 2)  # pixel value 0 -> image 0, on the x axis
+    assert image_traversal(model, image, PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
+    # image 1 lies on the y axis: only "bag" contains it; "footwear" is never a candidate
+    image = torch.full((1, 2, 2), 1 / 255)
+    assert image_traversal(model, image, PROMPTS, tokenizer) == ["bag", ROOT]
+    # uint8 images are scaled; a handful of steps still sees every stage here
+    assert image_traversal(model, torch.zeros(1, 2, 2, dtype=torch.uint8), PROMPTS, tokenizer, steps=9) == [
+        "sneaker", "footwear", ROOT]
+
+
+def test_traversal_skips_concepts_whose_cone_misses_the_path():
+    model, tokenizer = _traversal_model()
+    prompts = {"bag": ["bag"], "dress": ["dress"]}
+    assert image_traversal(model, torch.zeros(1, 2, 2), prompts, tokenizer) == [ROOT]
+    assert image_traversal(model, torch.zeros(1, 2, 2), {}, tokenizer) == [ROOT]
+
+
+def test_traversal_rejects_bad_arguments():
+    model, tokenizer = _traversal_model()
+    with pytest.raises(ValueError):
+        image_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=1)
+    with pytest.raises(ValueError):
+        image_traversal(model, torch.zeros(1, 2, 2), {ROOT: "bag"}, tokenizer)
+    with pytest.raises(ValueError):
+        image_traversal(model, torch.zeros(1, 2, 2), {"bag": []}, tokenizer)
+    with pytest.raises(ValueError):
+        image_traversal(model, torch.zeros(2, 1, 2, 2), PROMPTS, tokenizer)
+
+
+# --------------------------------------------------------------------------- untrained tiny MERU
+
+
+def test_diagnostics_run_on_an_untrained_tiny_meru():
+    torch.manual_seed(0)
+    model = build_model("tiny", "lorentz")
+    n = 4
+    data = PairDataset(
+        name="smoke",
+        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
+        captions=[("a photo of clothing.", f"a photo of a {name}.") for name in ("bag", "coat", "bag", "shirt")],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.tensor([0, 1, 0, -1]),
+        ids=[f"s{i}" for i in range(n)],
+        class_names=("bag", "coat", "shirt"),
+    )
+    tokenizer = Tokenizer()
+    rate = entailment_rate(model, data, tokenizer)
+    assert 0.0 <= rate <= 1.0
+    by_concept = distance_to_origin_by_concept(model, data, tokenizer)
+    assert list(by_concept) == ["bag", "coat"] and all(v > 0 for v in by_concept.values())
+    path = image_traversal(model, data.image_batch([0])[0], {"bag": ["a photo of a bag."], "top": "a top."},
+                           tokenizer, steps=5)
+    assert path[-1] == ROOT and set(path) <= {"bag", "top", ROOT}

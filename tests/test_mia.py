@@ -1,0 +1,195 @@
+"""Membership inference: the attacker is at chance on identically distributed features and near
+perfect on separable ones, balances unequal groups, is deterministic for a seed and refuses too
+few examples; the per-pair features (similarity, in-batch loss, caption rank) on fake models."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from vlunlearn.data import PairDataset
+from vlunlearn.evaluation.mia import FEATURE_NAMES, loss_batches, membership_features, membership_inference, mia_metrics
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ
+
+# --------------------------------------------------------------------------- membership_inference
+
+
+def _gaussian(n: int, shift: float, seed: int, dims: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dims)) + shift
+
+
+def test_identically_distributed_features_give_chance():
+    result = membership_inference(_gaussian(200, 0.0, 1), _gaussian(200, 0.0, 2))
+    assert abs(result["auc"] - 0.5) < 0.1, result
+    assert abs(result["accuracy"] - 0.5) < 0.1, result
+    assert result["members"] == result["nonmembers"] == 200
+
+
+def test_separable_features_are_found():
+    result = membership_inference(torch.from_numpy(_gaussian(200, 4.0, 1)), torch.from_numpy(_gaussian(200, 0.0, 2)))
+    assert result["auc"] > 0.95 and result["accuracy"] > 0.95, result
+    # the signal may sit in one feature among noise, at any scale (features are standardised)
+    members, nonmembers = _gaussian(100, 0.0, 3), _gaussian(100, 0.0, 4)
+    members[:, 1] = members[:, 1] * 1e-3 + 1e4
+    nonmembers[:, 1] = nonmembers[:, 1] * 1e-3
+    assert membership_inference(members, nonmembers)["auc"] > 0.95
+
+
+def test_unequal_groups_are_balanced():
+    # 300 members against 60 non-members from the same distribution: without balancing the
+    # attacker would call everyone a member and score 300/360 = 0.83 accuracy
+    result = membership_inference(_gaussian(300, 0.0, 5), _gaussian(60, 0.0, 6))
+    assert result["members"] == result["nonmembers"] == 60
+    assert abs(result["accuracy"] - 0.5) < 0.15, result
+    flipped = membership_inference(_gaussian(40, 0.0, 7), _gaussian(250, 0.0, 8))
+    assert flipped["members"] == flipped["nonmembers"] == 40
+
+
+def test_deterministic_for_a_seed():
+    members, nonmembers = _gaussian(150, 0.3, 9), _gaussian(90, 0.0, 10)
+    first = membership_inference(members, nonmembers, seed=3)
+    assert membership_inference(members.copy(), nonmembers.copy(), seed=3) == first
+    assert membership_inference(members, nonmembers, seed=4) != first  # another subsample and other folds
+
+
+def test_too_few_examples_and_bad_inputs_raise():
+    with pytest.raises(ValueError, match="at least 5 examples per class"):
+        membership_inference(_gaussian(4, 0.0, 0), _gaussian(4, 0.0, 1))
+    with pytest.raises(ValueError, match="at least 5 examples per class"):
+        membership_inference(_gaussian(100, 0.0, 0), _gaussian(3, 0.0, 1))  # balancing leaves 3 a side
+    assert membership_inference(_gaussian(3, 0.0, 0), _gaussian(3, 5.0, 1), folds=3)["members"] == 3
+    with pytest.raises(ValueError, match="features"):
+        membership_inference(_gaussian(10, 0.0, 0, dims=3), _gaussian(10, 0.0, 1, dims=2))
+    bad = _gaussian(10, 0.0, 0)
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        membership_inference(bad, _gaussian(10, 0.0, 1))
+    with pytest.raises(ValueError, match="folds"):
+        membership_inference(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), folds=1)
+
+
+# --------------------------------------------------------------------------- features on fake models
+
+
+def _dataset(captions: list[str], name: str = "toy", offset: int = 0) -> PairDataset:
+    """Item i's image stores ``offset + i``, which the fake encoder reads back as its index."""
+    n = len(captions)
+    images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(offset, offset + n, dtype=torch.uint8)
+    return PairDataset(name=name, images=images, captions=[(c,) for c in captions], concepts=[set() for _ in captions],
+                       labels=torch.full((n,), -1), ids=[f"{name}/{i}" for i in range(n)], class_names=())
+
+
+def _fake_model(image_table: torch.Tensor, text_table: dict[str, torch.Tensor], geometry=EUCLIDEAN,
+                c: float | None = None, scale: float = 2.0):
+    """Image i embeds as ``image_table[i]``, a caption as ``text_table[caption]``; logit scale ``scale``."""
+    vocab = list(text_table)
+    texts = torch.stack([text_table[t] for t in vocab])
+
+    def tokenizer(batch, context_length):
+        return torch.tensor([[vocab.index(t), 0] for t in batch])
+
+    model = SimpleNamespace(
+        geometry=geometry,
+        curvature=lambda: None if c is None else torch.tensor(c),
+        config=SimpleNamespace(context_length=2),
+        eval=lambda: None,
+        encode_image=lambda batch: image_table[(batch[:, 0, 0, 0] * 255).round().long()],
+        encode_text=lambda tokens: texts[tokens[:, 0]],
+        logit_scale=torch.tensor(math.log(scale)),
+    )
+    return model, tokenizer
+
+
+def test_loss_batches_are_in_order_and_near_equal():
+    assert [b.tolist() for b in loss_batches(6, 4)] == [[0, 1, 2], [3, 4, 5]]
+    assert [len(b) for b in loss_batches(10, 3)] == [3, 3, 2, 2]
+    assert torch.cat(loss_batches(10, 3)).tolist() == list(range(10))
+    assert loss_batches(0, 4) == []
+
+
+def test_features_when_each_image_matches_its_caption():
+    captions = [f"c{i}" for i in range(6)]
+    eye = torch.eye(6)
+    model, tokenizer = _fake_model(eye * 2.0, {c: eye[i] for i, c in enumerate(captions)}, scale=3.0)
+    features = membership_features(model, _dataset(captions), tokenizer, batch_size=4)
+    assert features.shape == (6, len(FEATURE_NAMES)) and features.dtype == torch.float64
+    torch.testing.assert_close(features[:, 0], torch.ones(6, dtype=torch.float64))  # cosine 1
+    # two in-order batches of 3; logits 3*I: loss = log(1 + 2 e^-3) in each direction
+    expected_loss = math.log(1 + 2 * math.exp(-3.0))
+    torch.testing.assert_close(features[:, 1], torch.full((6,), expected_loss, dtype=torch.float64))
+    assert features[:, 2].tolist() == [0.0] * 6
+    assert torch.equal(membership_features(model, _dataset(captions), tokenizer, batch_size=4), features)
+
+
+def test_features_when_images_are_shuffled():
+    captions = ["c0", "c1", "c2", "c3"]
+    eye = torch.eye(4)
+    # image i looks like caption i+1; its own caption has cosine 0, tied with two others
+    model, tokenizer = _fake_model(eye.roll(-1, dims=0), {c: eye[i] for i, c in enumerate(captions)}, scale=1.0)
+    features = membership_features(model, _dataset(captions), tokenizer, batch_size=2)
+    torch.testing.assert_close(features[:, 0], torch.zeros(4, dtype=torch.float64))
+    # text order for image 0 is c1, c0, c2, c3 (ties by index): rank 1; image 1: c2, c0, c1, c3: rank 2;
+    # image 2: c3, c0, c1, c2: rank 3; image 3 looks like c0: c0, c1, c2, c3: rank 3
+    assert features[:, 2].tolist() == [1.0, 2.0, 3.0, 3.0]
+    # batches (0, 1) and (2, 3). Batch (0, 1): cosines of images (e1, e2) with texts (e0, e1) are
+    # [[0, 1], [0, 0]]. Pair 0: row CE -log(1 / (1 + e)), column CE over [0, 0] log 2; pair 1: row
+    # log 2, column [1, 0] with target 1: log(1 + e)
+    both = (math.log(1 + math.e) + math.log(2)) / 2
+    torch.testing.assert_close(features[:2, 1], torch.tensor([both, both], dtype=torch.float64))
+    # the matched model scores better on every feature
+    matched, _ = _fake_model(eye, {c: eye[i] for i, c in enumerate(captions)}, scale=1.0)
+    good = membership_features(matched, _dataset(captions), tokenizer, batch_size=2)
+    assert (good[:, 0] > features[:, 0]).all() and (good[:, 1] < features[:, 1]).all()
+    assert (good[:, 2] < features[:, 2]).all()
+
+
+def test_rank_counts_identical_captions_as_the_true_caption():
+    eye = torch.eye(2)
+    captions = ["cat", "cat", "dog"]
+    model, tokenizer = _fake_model(torch.stack([eye[0], eye[0], eye[1]]), {"cat": eye[0], "dog": eye[1]})
+    # image 1's own caption (text 1) ties with text 0 and sorts second, but text 0 is the same string
+    assert membership_features(model, _dataset(captions), tokenizer)[:, 2].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_lorentz_features_use_the_geodesic_distance():
+    c = 1.0
+    space = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # space components on the hyperboloid
+    model, tokenizer = _fake_model(space + 0.1, {"a": space[0], "b": space[1], "e": space[2]}, geometry=LORENTZ, c=c)
+    features = membership_features(model, _dataset(["a", "b", "e"]), tokenizer)
+    expected = LORENTZ.paired_similarity(space + 0.1, space, torch.tensor(c)).double()
+    torch.testing.assert_close(features[:, 0], expected)
+    assert (features[:, 0] < 0).all() and features[:, 2].tolist() == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- mia_metrics
+
+
+def test_mia_metrics_separates_aligned_members_from_unaligned_nonmembers():
+    generator = torch.Generator().manual_seed(0)
+    n_members, n_nonmembers, dims = 30, 20, 16
+    text = torch.randn(n_members + n_nonmembers, dims, generator=generator)
+    captions = [f"c{i}" for i in range(n_members + n_nonmembers)]
+    table = {c: text[i] for i, c in enumerate(captions)}
+    # members: image = its caption + noise; non-members: unrelated images. One image table, two datasets
+    member_images = text[:n_members] + 0.3 * torch.randn(n_members, dims, generator=generator)
+    nonmember_images = torch.randn(n_nonmembers, dims, generator=generator)
+    # one fake model; the non-members' images store indices after the members'
+    model, tokenizer = _fake_model(torch.cat([member_images, nonmember_images]), table)
+    members = _dataset(captions[:n_members], "forget")
+    nonmembers = _dataset(captions[n_members:], "test", offset=n_members)
+
+    result = mia_metrics(model, members, nonmembers, tokenizer, seed=0)
+    assert set(result) == {"mia_auc", "mia_accuracy", "mia_members", "mia_nonmembers"}
+    assert result["mia_members"] == result["mia_nonmembers"] == 20
+    assert result["mia_auc"] > 0.95 and result["mia_accuracy"] > 0.9, result
+    assert mia_metrics(model, members, nonmembers, tokenizer, seed=0) == result
+    # swapping the roles leaves the attack as strong (the logistic regression learns the sign)
+    swapped = mia_metrics(model, nonmembers, members, tokenizer, seed=0)
+    assert swapped["mia_auc"] > 0.95
+    with pytest.raises(ValueError, match="at least 5"):
+        mia_metrics(model, members, nonmembers.subset(range(4)), tokenizer)

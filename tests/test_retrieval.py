@@ -1,0 +1,162 @@
+"""Recall@K on hand-built similarity matrices (ranks, custom positives, capped k, ties) and
+retrieval_metrics on a fake model whose embeddings are fixed, where duplicate captions count as hits."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vlunlearn.data import PairDataset
+from vlunlearn.evaluation.retrieval import best_positive_rank, caption_positives, recall_at_k, retrieval_metrics
+from vlunlearn.geometry import EUCLIDEAN
+
+# --------------------------------------------------------------------------- recall_at_k
+
+
+def test_identity_similarity_gives_full_recall():
+    result = recall_at_k(torch.eye(7))
+    assert result == {"r1": 100.0, "r5": 100.0, "r10": 100.0}
+
+
+def test_hand_built_matrix_with_known_ranks():
+    # the diagonal (true match) sits at rank 0, 1, 2, 3 in rows 0..3
+    similarity = torch.tensor([
+        [0.9, 0.1, 0.3, 0.2],
+        [0.8, 0.5, 0.1, 0.0],
+        [0.7, 0.6, 0.2, 0.1],
+        [0.4, 0.3, 0.2, 0.1],
+    ])
+    assert best_positive_rank(similarity).tolist() == [0, 1, 2, 3]
+    assert recall_at_k(similarity, ks=(1, 2, 3, 4)) == {"r1": 25.0, "r2": 50.0, "r3": 75.0, "r4": 100.0}
+    # k larger than the gallery is capped: everything is found
+    assert recall_at_k(similarity, ks=(10,)) == {"r10": 100.0}
+    # transposed (the other retrieval direction), with ties: row 2 is [0.3, 0.1, 0.2, 0.2], so the
+    # diagonal has 0.3 ahead and its tie at index 3 behind (rank 1); row 3 is [0.2, 0.0, 0.1, 0.1],
+    # with 0.2 and the tie at index 2 ahead (rank 2)
+    assert best_positive_rank(similarity.T).tolist() == [0, 1, 1, 2]
+    assert recall_at_k(similarity.T, ks=(1, 2, 3)) == {"r1": 25.0, "r2": 75.0, "r3": 100.0}
+
+
+def test_custom_positives_any_positive_counts_and_none_is_a_miss():
+    similarity = torch.tensor([
+        [0.1, 0.9, 0.5],  # order 1, 2, 0
+        [0.3, 0.2, 0.1],  # order 0, 1, 2
+        [0.5, 0.4, 0.6],  # order 2, 0, 1
+        [0.0, 0.0, 1.0],
+    ])
+    positives = torch.tensor([
+        [True, False, True],   # best positive is item 2 at rank 1
+        [False, False, True],  # rank 2
+        [False, True, True],   # item 2 at rank 0
+        [False, False, False],  # no positive: never a hit
+    ])
+    assert best_positive_rank(similarity, positives).tolist() == [1, 2, 0, 3]
+    assert recall_at_k(similarity, positives, ks=(1, 2, 3, 5)) == {"r1": 25.0, "r2": 50.0, "r3": 75.0, "r5": 75.0}
+
+
+def test_ties_are_broken_by_gallery_index():
+    # all similarities equal: gallery order is the index order, so row i finds item i at rank i
+    assert best_positive_rank(torch.zeros(4, 4)).tolist() == [0, 1, 2, 3]
+    assert recall_at_k(torch.zeros(4, 4), ks=(1, 2)) == {"r1": 25.0, "r2": 50.0}
+    # a positive tied with a lower-index item ranks behind it, with a higher-index item ahead of it
+    similarity = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.7, 0.7]])
+    positives = torch.tensor([[False, True, False], [False, True, False]])
+    assert best_positive_rank(similarity, positives).tolist() == [1, 0]
+
+
+def test_rectangular_input_and_errors():
+    similarity = torch.tensor([[0.1, 0.2, 0.9, 0.0, 0.3]])
+    assert recall_at_k(similarity, torch.tensor([[True, False, False, False, False]]), ks=(1, 3, 4)) == {
+        "r1": 0.0, "r3": 0.0, "r4": 100.0}  # the positive (0.1) is 4th of 5
+    with pytest.raises(ValueError, match="square"):
+        recall_at_k(similarity)
+    with pytest.raises(ValueError, match="shape"):
+        recall_at_k(similarity, torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN"):
+        recall_at_k(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="ks"):
+        recall_at_k(torch.eye(2), ks=(0,))
+    assert all(math.isnan(v) for v in recall_at_k(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool)).values())
+
+
+def test_caption_positives_is_string_equality():
+    mask = caption_positives(["a cat", "a dog", "a cat"])
+    assert mask.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+
+
+# --------------------------------------------------------------------------- retrieval_metrics (fake model)
+
+_TEXT = {"a cat": [1.0, 0.0, 0.0], "a dog": [0.0, 1.0, 0.0], "a bird": [0.0, 0.0, 1.0]}
+
+
+def _dataset(captions: list[str]) -> PairDataset:
+    n = len(captions)
+    images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)  # the image's index, read back by the fake encoder
+    return PairDataset(name="toy", images=images, captions=[("thing", c) for c in captions],
+                       concepts=[{c} for c in captions], labels=torch.full((n,), -1),
+                       ids=[f"toy/{i}" for i in range(n)],
+                       class_names=())
+
+
+def _fake_model(image_table: torch.Tensor, text_table: dict[str, list[float]]):
+    """Image i embeds as ``image_table[i]``; a caption as ``text_table[caption]`` (via the fake tokenizer)."""
+    vocab = list(text_table)
+    texts = torch.tensor([text_table[t] for t in vocab])
+    calls = []
+
+    def encode_image(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(("image", batch.shape[0]))
+        return image_table[(batch[:, 0, 0, 0] * 255).round().long()]
+
+    def encode_text(tokens: torch.Tensor) -> torch.Tensor:
+        calls.append(("text", tokens.shape[0]))
+        return texts[tokens[:, 0]]
+
+    model = SimpleNamespace(geometry=EUCLIDEAN, curvature=lambda: None, config=SimpleNamespace(context_length=8),
+                            eval=lambda: None, encode_image=encode_image, encode_text=encode_text,
+                            logit_scale=torch.tensor(0.0), calls=calls)
+
+    def tokenizer(batch, context_length):
+        assert context_length == 8
+        return torch.tensor([[vocab.index(t)] + [0] * (context_length - 1) for t in batch])
+
+    return model, tokenizer
+
+
+def test_retrieval_metrics_count_identical_captions_as_hits():
+    captions = ["a cat", "a dog", "a cat", "a bird"]
+    images = torch.tensor([
+        [1.0, 0.0, 0.0],     # -> cat (text 0): hit
+        [0.6, 0.8, 0.0],     # -> dog (0.8) before cat (0.6): hit
+        [0.9, 0.0, 0.436],   # -> cat; the tie of texts 0 and 2 goes to text 0, the same string: hit
+        [0.8, 0.0, 0.6],     # -> cat, cat, then bird at rank 2: miss at 1, hit at 5
+    ])
+    model, tokenizer = _fake_model(images, _TEXT)
+    result = retrieval_metrics(model, _dataset(captions), tokenizer, batch_size=3)
+    assert result == pytest.approx({"i2t_r1": 75.0, "i2t_r5": 100.0, "i2t_r10": 100.0,
+                                    "t2i_r1": 100.0, "t2i_r5": 100.0, "t2i_r10": 100.0})
+    # text 2 ("a cat") retrieves image 0 first (cos 1 > 0.9), captioned identically: a hit only by
+    # string equality; with diagonal positives image 2 (i2t) and text 2 (t2i) would be misses at 1
+    image_emb, text_emb = images, torch.tensor([_TEXT[c] for c in captions])
+    similarity = EUCLIDEAN.pairwise_similarity(image_emb, text_emb, None)
+    assert recall_at_k(similarity, ks=(1,)) == {"r1": 50.0}
+    assert recall_at_k(similarity.T, ks=(1,)) == {"r1": 75.0}
+    assert recall_at_k(similarity, caption_positives(captions), ks=(1,)) == {"r1": 75.0}
+    # encoded in batches of at most 3
+    assert sorted(model.calls) == [("image", 1), ("image", 3), ("text", 1), ("text", 3)]
+
+
+def test_retrieval_metrics_custom_ks_and_perfect_model():
+    captions = ["a cat", "a dog", "a bird"]
+    model, tokenizer = _fake_model(torch.tensor([_TEXT[c] for c in captions]) * 3.0, _TEXT)
+    assert retrieval_metrics(model, _dataset(captions), tokenizer, ks=(1, 2)) == {
+        "i2t_r1": 100.0, "i2t_r2": 100.0, "t2i_r1": 100.0, "t2i_r2": 100.0}
+    # image i = 0.8 caption(i-1) + 0.5 caption(i): its own caption comes second, and so does it for its caption
+    table = torch.tensor([_TEXT[c] for c in captions])
+    model, tokenizer = _fake_model(0.8 * table.roll(1, dims=0) + 0.5 * table, _TEXT)
+    assert retrieval_metrics(model, _dataset(captions), tokenizer, ks=(1, 2)) == pytest.approx({
+        "i2t_r1": 0.0, "i2t_r2": 100.0, "t2i_r1": 0.0, "t2i_r2": 100.0})
