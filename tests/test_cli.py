@@ -114,3 +114,65 @@ def test_invalid_recipe_arguments_are_clean_errors(tmp_path, capsys, extra):
     code = main(["pretrain", "--data", "digits", "--quiet", "--out", str(tmp_path / "run"), *extra])
     assert code == 2
     assert "vlunlearn: error:" in capsys.readouterr().err
+
+
+SMALL_BUDGET = ["--set", "steps=2", "--set", "retain_batch_size=16", "--set", "forget_batch_size=8", "--quiet"]
+
+
+def test_unlearn_writes_a_new_model_and_never_touches_the_input(meru_run, tmp_path, capsys):
+    checkpoint = meru_run[0] / "model"
+    before = _snapshot(meru_run[0])
+    out = tmp_path / "unlearned"
+    code = main(["unlearn", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
+                 "--forget", "three", "--method", "hac", "--set", "beta=0.25", *SMALL_BUDGET, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert _snapshot(meru_run[0]) == before
+    record = json.loads((out / "results.json").read_text())
+    assert record["method"] == "hac" and record["config"]["beta"] == 0.25 and record["run"]["steps"] == 2
+    assert record["request"]["concepts"] == ["seven", "three"]
+    assert set(record["metrics"]["original"]) == {"zs_test_forget", "zs_test_retain", "zs_train_forget", "zs_train_retain"}
+    assert record["config"]["seed"] == 0 and record["data"]["train_hash"]
+    unlearned = load_model(out / "model")
+    assert not torch.equal(unlearned.visual_proj.weight, load_model(checkpoint).visual_proj.weight)
+    # a second run into the same folder is refused
+    assert main(["unlearn", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
+                 *SMALL_BUDGET, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unlearn_epochs_budget(meru_run, tmp_path):
+    out = tmp_path / "epochs"
+    code = main(["unlearn", "--checkpoint", str(meru_run[0] / "model"), "--data", "digits", "--forget", "seven",
+                 "--method", "ac", "--epochs", "1", "--set", "forget_batch_size=8", "--set", "retain_batch_size=16",
+                 "--quiet", "--out", str(out)])
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["run"]["steps"] == math.ceil(record["split_sizes"]["forget"] / 8)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--forget", "dragon"], "dragon"),
+        (["--forget", "seven", "--set", "bogus=1"], "unknown setting"),
+        (["--forget", "seven", "--set", "steps=lots"], "not a valid int"),
+        (["--forget", "seven", "--method", "forgetful"], "unknown unlearning method"),
+        (["--forget", "seven", "--set", "noequals"], "key=value"),
+        ([], "neither"),
+    ],
+)
+def test_unlearn_bad_input_is_a_clean_error_and_writes_nothing(meru_run, tmp_path, capsys, arguments, message):
+    out = tmp_path / "never"
+    code = main(["unlearn", "--checkpoint", str(meru_run[0] / "model"), "--data", "digits", *arguments,
+                 "--quiet", "--out", str(out)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_hac_on_a_euclidean_checkpoint_is_a_clear_error(tmp_path, capsys):
+    clip = tmp_path / "clip"
+    assert main(["pretrain", "--data", "digits", "--steps", "2", "--quiet", "--out", str(clip)]) == 0
+    code = main(["unlearn", "--checkpoint", str(clip / "model"), "--data", "digits", "--forget", "seven",
+                 "--method", "hac", *SMALL_BUDGET, "--out", str(tmp_path / "x")])
+    assert code == 2 and "hyperbolic" in capsys.readouterr().err

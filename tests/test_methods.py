@@ -141,3 +141,14 @@ def test_epochs_budget_and_sample_requests(tokenizer):
                         progress=False, epochs=2, forget_batch_size=8, retain_batch_size=16, partner_pool="forget")
     assert record.steps == math.ceil(2 * 20 / 8)
     assert record.request["sample_ids"] == list(ids) or tuple(record.request["sample_ids"]) == ids
+
+
+def test_early_stop_ends_the_run_when_the_target_is_reached(digits_splits, tokenizer):
+    from vlunlearn import EarlyStop
+
+    model = build_model("tiny", "euclidean")
+    budget = dict(tokenizer=tokenizer, progress=False, steps=12, retain_batch_size=16, forget_batch_size=8)
+    _, stopped = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=100.0, every=4), **budget)
+    assert (stopped.steps, stopped.stopped_early) == (4, True)  # any accuracy is <= 100%: stop at the first check
+    _, full = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=-1.0, every=4), **budget)
+    assert (full.steps, full.stopped_early) == (12, False)  # unreachable target: the whole budget runs

@@ -12,11 +12,17 @@ from vlunlearn.io import atomic_write_text
 SCHEMA_VERSION = 1
 
 
-def create_run_folder(out: Path, resume: bool = False) -> Path:
-    """Create ``out`` for a new run. An existing folder is refused unless ``resume``."""
+def check_new_run_folder(out: Path, resume: bool = False) -> Path:
+    """Refuse an existing, non-empty ``out`` unless ``resume``; call before any work starts."""
     out = Path(out)
     if out.exists() and not resume and any(out.iterdir()):
         raise VlunlearnError(f"the output folder {out} already exists; choose a new --out or pass --resume")
+    return out
+
+
+def create_run_folder(out: Path, resume: bool = False) -> Path:
+    """Create ``out`` for a new run. An existing folder is refused unless ``resume``."""
+    out = check_new_run_folder(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

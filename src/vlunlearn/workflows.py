@@ -10,7 +10,7 @@ from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.models import load_any, read_metadata, save_model
 from vlunlearn.provenance import environment
-from vlunlearn.runs import create_run_folder, write_json
+from vlunlearn.runs import check_new_run_folder, create_run_folder, write_json
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 from vlunlearn.unlearning import EarlyStop, unlearn
 
@@ -78,13 +78,13 @@ def unlearn_run(
     recipe) and ``results.json`` (request, method config, budget, data hash, versions, and
     zero-shot accuracy on the forget/retain splits before and after).
     """
+    out = check_new_run_folder(out)
     model = load_any(checkpoint)
     metadata = read_metadata(checkpoint) if Path(checkpoint).is_dir() else {}
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
     seed = recipe.seed if recipe is not None else 0
     train_data = load_builtin(data_name, "train", seed=seed)
     splits = make_splits(train_data, load_builtin(data_name, "test", seed=seed), request)
-    out = create_run_folder(out)
     tokenizer = Tokenizer()
     early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
     unlearned, record = unlearn(
@@ -108,6 +108,7 @@ def unlearn_run(
         },
         "history": record.history,
     }
+    out = create_run_folder(out)
     save_model(unlearned, out / "model", metadata={**metadata, "unlearn": {k: result[k] for k in ("request", "method", "config")}})
     write_json(out / "results.json", result)
     return result
