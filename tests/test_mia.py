@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vlunlearn.data import PairDataset
-from vlunlearn.evaluation.mia import FEATURE_NAMES, loss_batches, membership_features, membership_inference, mia_metrics
+from vlunlearn.evaluation.mia import FEATURE_NAMES, membership_features, membership_inference, mia_metrics
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ
 
 # --------------------------------------------------------------------------- membership_inference
@@ -105,25 +105,18 @@ def _fake_model(image_table: torch.Tensor, text_table: dict[str, torch.Tensor], 
     return model, tokenizer
 
 
-def test_loss_batches_are_in_order_and_near_equal():
-    assert [b.tolist() for b in loss_batches(6, 4)] == [[0, 1, 2], [3, 4, 5]]
-    assert [len(b) for b in loss_batches(10, 3)] == [3, 3, 2, 2]
-    assert torch.cat(loss_batches(10, 3)).tolist() == list(range(10))
-    assert loss_batches(0, 4) == []
-
-
 def test_features_when_each_image_matches_its_caption():
     captions = [f"c{i}" for i in range(6)]
     eye = torch.eye(6)
     model, tokenizer = _fake_model(eye * 2.0, {c: eye[i] for i, c in enumerate(captions)}, scale=3.0)
-    features = membership_features(model, _dataset(captions), tokenizer, batch_size=4)
+    features = membership_features(model, _dataset(captions), tokenizer)
     assert features.shape == (6, len(FEATURE_NAMES)) and features.dtype == torch.float64
     torch.testing.assert_close(features[:, 0], torch.ones(6, dtype=torch.float64))  # cosine 1
-    # two in-order batches of 3; logits 3*I: loss = log(1 + 2 e^-3) in each direction
-    expected_loss = math.log(1 + 2 * math.exp(-3.0))
+    # gallery of 6 captions, logits 3 * I: loss = log(1 + 5 e^-3)
+    expected_loss = math.log(1 + 5 * math.exp(-3.0))
     torch.testing.assert_close(features[:, 1], torch.full((6,), expected_loss, dtype=torch.float64))
     assert features[:, 2].tolist() == [0.0] * 6
-    assert torch.equal(membership_features(model, _dataset(captions), tokenizer, batch_size=4), features)
+    assert torch.equal(membership_features(model, _dataset(captions), tokenizer), features)
 
 
 def test_features_when_images_are_shuffled():
@@ -131,21 +124,32 @@ def test_features_when_images_are_shuffled():
     eye = torch.eye(4)
     # image i looks like caption i+1; its own caption has cosine 0, tied with two others
     model, tokenizer = _fake_model(eye.roll(-1, dims=0), {c: eye[i] for i, c in enumerate(captions)}, scale=1.0)
-    features = membership_features(model, _dataset(captions), tokenizer, batch_size=2)
+    features = membership_features(model, _dataset(captions), tokenizer)
     torch.testing.assert_close(features[:, 0], torch.zeros(4, dtype=torch.float64))
     # text order for image 0 is c1, c0, c2, c3 (ties by index): rank 1; image 1: c2, c0, c1, c3: rank 2;
     # image 2: c3, c0, c1, c2: rank 3; image 3 looks like c0: c0, c1, c2, c3: rank 3
     assert features[:, 2].tolist() == [1.0, 2.0, 3.0, 3.0]
-    # batches (0, 1) and (2, 3). Batch (0, 1): cosines of images (e1, e2) with texts (e0, e1) are
-    # [[0, 1], [0, 0]]. Pair 0: row CE -log(1 / (1 + e)), column CE over [0, 0] log 2; pair 1: row
-    # log 2, column [1, 0] with target 1: log(1 + e)
-    both = (math.log(1 + math.e) + math.log(2)) / 2
-    torch.testing.assert_close(features[:2, 1], torch.tensor([both, both], dtype=torch.float64))
-    # the matched model scores better on every feature
+    # logits over the gallery are [1, 0, 0, 0] up to order, the true caption at 0: log(e + 3)
+    torch.testing.assert_close(features[:, 1], torch.full((4,), math.log(math.e + 3), dtype=torch.float64))
     matched, _ = _fake_model(eye, {c: eye[i] for i, c in enumerate(captions)}, scale=1.0)
-    good = membership_features(matched, _dataset(captions), tokenizer, batch_size=2)
+    good = membership_features(matched, _dataset(captions), tokenizer)
     assert (good[:, 0] > features[:, 0]).all() and (good[:, 1] < features[:, 1]).all()
     assert (good[:, 2] < features[:, 2]).all()
+
+
+def test_features_do_not_depend_on_the_rest_of_the_set():
+    """An item's features are the same whatever else is in its set, given one gallery; a
+    set-dependent feature lets an attacker tell the sets apart by composition alone."""
+    eye = torch.eye(3)
+    table = {"a": eye[0], "b": eye[1], "c": eye[2]}
+    model, tokenizer = _fake_model(torch.stack([eye[0], eye[1], eye[2], eye[0]]), table)
+    gallery = ["a", "b", "c"]
+    alone = membership_features(model, _dataset(["a"]), tokenizer, gallery)
+    crowded = membership_features(model, _dataset(["a", "b", "c", "a"]), tokenizer, gallery)
+    torch.testing.assert_close(crowded[0], alone[0])
+    torch.testing.assert_close(crowded[3], alone[0])
+    with pytest.raises(ValueError, match="not in the gallery"):
+        membership_features(model, _dataset(["a", "b"]), tokenizer, ["a"])
 
 
 def test_rank_counts_identical_captions_as_the_true_caption():

@@ -17,6 +17,7 @@ from vlunlearn.evaluation.hierarchy import (
 from vlunlearn.evaluation.mia import membership_features, membership_inference, mia_metrics
 from vlunlearn.evaluation.oracle import ORACLE_GAP_METRICS, PeakMemory, cost_record, oracle_gap, peak_memory
 from vlunlearn.evaluation.retrieval import recall_at_k, retrieval_metrics
+from vlunlearn.evaluation.suite import evaluate_unlearning
 from vlunlearn.evaluation.zero_shot import (
     class_embeddings,
     class_prompts,
@@ -46,6 +47,7 @@ __all__ = [
     "encode_texts",
     "entailment_rate",
     "evaluate_splits",
+    "evaluate_unlearning",
     "evaluate_zero_shot",
     "image_traversal",
     "membership_features",
