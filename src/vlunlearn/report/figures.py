@@ -1,0 +1,260 @@
+"""Report figures (DESIGN §6): alignment heatmaps, d0 histograms, Poincare-disk views and a
+forget-vs-retain scatter.
+
+matplotlib is an optional extra (``pip install vlunlearn[report]``); it is imported only
+inside the functions that draw, and figures are rendered with the Agg canvas directly
+(``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), so no global backend is set or needed.
+Every figure is written atomically through :func:`vlunlearn.io.atomic_path`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vlunlearn.errors import VlunlearnError
+from vlunlearn.io import atomic_path
+
+__all__ = [
+    "alignment_gap",
+    "alignment_heatmaps",
+    "distance_histograms",
+    "poincare_disk",
+    "to_disk_2d",
+    "forget_retain_scatter",
+]
+
+DPI = 120
+
+
+def _new_figure(width: float, height: float):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise VlunlearnError("figures need matplotlib: pip install 'vlunlearn[report]'") from error
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def alignment_gap(matrix: Any) -> float:
+    """Mean diagonal minus mean off-diagonal of a square matrix (NaN when undefined)."""
+    a = np.asarray(matrix, dtype=float)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"an alignment matrix must be square and non-empty, got shape {a.shape}")
+    n = a.shape[0]
+    diag = float(np.mean(np.diag(a)))
+    if n == 1:
+        return math.nan
+    off = (a.sum() - np.trace(a)) / (n * n - n)
+    return diag - float(off)
+
+
+def alignment_heatmaps(matrices: Mapping[str, Any], path: str | Path, title: str) -> Path:
+    """One heatmap per entry of ``matrices`` (name -> square matrix ``A_ij = s(v_i, t_j)``),
+    side by side with a shared colour scale and one colour bar; each panel is titled with
+    its name and alignment gap. Returns ``path``."""
+    if not matrices:
+        raise ValueError("alignment_heatmaps needs at least one matrix")
+    arrays = {name: np.asarray(m, dtype=float) for name, m in matrices.items()}
+    for name, a in arrays.items():
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise ValueError(f"alignment matrix {name!r} must be square, got shape {a.shape}")
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()] + [np.zeros(0)])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    k = len(arrays)
+    fig = _new_figure(3.6 * k + 0.8, 3.9)
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    image = None
+    for ax, (name, a) in zip(axes, arrays.items()):
+        image = ax.imshow(a, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{name}\ngap = {alignment_gap(a):.3f}", fontsize=10)
+        ax.set_xlabel("caption j")
+        ax.set_ylabel("image i")
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity s(v_i, t_j)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def distance_histograms(
+    distances: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "distance to origin",
+) -> Path:
+    """Overlaid step histograms, one per entry (shared bins), with a legend. Returns ``path``."""
+    if not distances:
+        raise ValueError("distance_histograms needs at least one series")
+    series = {name: np.asarray(v, dtype=float).ravel() for name, v in distances.items()}
+    series = {name: v[np.isfinite(v)] for name, v in series.items()}
+    everything = np.concatenate(list(series.values()) + [np.zeros(0)])
+    if everything.size:
+        low, high = float(everything.min()), float(everything.max())
+        if low == high:
+            low, high = low - 0.5, high + 0.5
+    else:
+        low, high = 0.0, 1.0
+    bins = np.linspace(low, high, 31)
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.subplots()
+    for name, values in series.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{name} (n={values.size})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+def to_disk_2d(x: Tensor, c: float) -> np.ndarray:
+    """A 2-D Poincare-disk view of Lorentz points that keeps each point's distance to the origin.
+
+    ``x`` holds the space components ``(N, D)`` of points on the hyperboloid of curvature
+    ``-c``. Each point is mapped to the tangent space at the origin with ``log_map0``; the
+    norm of that vector is its geodesic distance to the origin ``d0``. Directions come from
+    PCA: the centred tangent vectors are decomposed with ``torch.linalg.svd``, each vector
+    is projected on the top two right singular vectors and the projection is normalised to
+    unit length (a point whose projection vanishes is put on the first axis). The radius is
+    ``tanh(sqrt(c) * d0 / 2)``: the Poincare-ball radius of a point at geodesic distance
+    ``d0`` in curvature ``-c`` (``tanh(sqrt(c) d0 / 2) / sqrt(c)``) rescaled to the unit disk,
+    so it is always in ``[0, 1)``. Distances to the origin are kept exactly; distances
+    between points are only indicative (the angles are a linear projection).
+
+    Returns a float64 array ``(N, 2)``.
+    """
+    from vlunlearn.geometry.lorentz import log_map0
+
+    if x.ndim != 2:
+        raise ValueError(f"to_disk_2d expects (N, D) space components, got shape {tuple(x.shape)}")
+    if not c > 0:
+        raise ValueError(f"the curvature magnitude c must be positive, got {c}")
+    v = log_map0(x.detach().to(torch.float64).cpu(), float(c))
+    n, dim = v.shape
+    if n == 0:
+        return np.zeros((0, 2))
+    d0 = v.norm(dim=-1)
+    centred = v - v.mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:2].T  # (D, <=2)
+    if components.shape[1] < 2:  # D == 1 or N == 1
+        components = torch.cat([components, torch.zeros(dim, 2 - components.shape[1], dtype=v.dtype)], dim=1)
+    projected = v @ components  # (N, 2)
+    norms = projected.norm(dim=-1, keepdim=True)
+    fallback = torch.tensor([1.0, 0.0], dtype=v.dtype).expand_as(projected)
+    direction = torch.where(norms > 1e-12, projected / norms.clamp(min=1e-12), fallback)
+    radius = torch.tanh(math.sqrt(c) * d0 / 2)
+    return (direction * radius[:, None]).numpy()
+
+
+def poincare_disk(
+    points: Mapping[str, Any],
+    path: str | Path,
+    title: str,
+    labels: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """One Poincare-disk panel per entry of ``points`` (name -> ``(N, 2)`` array inside the
+    unit disk, see :func:`to_disk_2d`), with the unit circle, equal aspect and points
+    coloured by ``labels[name]`` (one label per point) with a legend. Returns ``path``."""
+    if not points:
+        raise ValueError("poincare_disk needs at least one set of points")
+    arrays = {name: np.asarray(p, dtype=float).reshape(-1, 2) for name, p in points.items()}
+    all_labels: list[str] = []
+    for name in arrays:
+        for label in (labels or {}).get(name) or []:
+            if str(label) not in all_labels:
+                all_labels.append(str(label))
+    k = len(arrays)
+    fig = _new_figure(4.2 * k, 4.6)
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(all_labels) <= 10 else "tab20"]
+    colour = {label: cmap(i % cmap.N) for i, label in enumerate(all_labels)}
+    theta = np.linspace(0, 2 * np.pi, 361)
+    for ax, (name, p) in zip(axes, arrays.items()):
+        ax.plot(np.cos(theta), np.sin(theta), color="black", linewidth=1.0)
+        ax.scatter([0], [0], marker="+", color="black", s=40, zorder=3)
+        point_labels = (labels or {}).get(name)
+        if point_labels is not None and len(point_labels) == len(p) and len(p):
+            names = np.asarray([str(label) for label in point_labels])
+            for label in all_labels:
+                mask = names == label
+                if mask.any():
+                    ax.scatter(p[mask, 0], p[mask, 1], s=14, alpha=0.8, color=colour[label], label=label)
+            ax.legend(fontsize=7, loc="upper right", markerscale=1.2)
+        elif len(p):
+            ax.scatter(p[:, 0], p[:, 1], s=14, alpha=0.8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_aspect("equal")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _metric(record: Mapping[str, Any], key: str) -> float | None:
+    value = (record.get("metrics") or {}).get(key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def forget_retain_scatter(records: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
+    """Test-forget accuracy (x) against test-retain accuracy (y), one point per record with
+    both metrics, annotated with the method name; marker by geometry (circle Euclidean,
+    square Lorentz), the retrained oracle drawn as a star. Axes span 0-100 %. Better
+    unlearning is towards the top-left (low forget, high retain accuracy). Returns ``path``."""
+    fig = _new_figure(6.4, 5.4)
+    ax = fig.subplots()
+    markers = {"euclidean": "o", "lorentz": "s"}
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        x, y = _metric(record, "zs_test_forget"), _metric(record, "zs_test_retain")
+        if x is None or y is None:
+            continue
+        method = str(record.get("method", "?"))
+        geometry = str(record.get("geometry", "?"))
+        is_retrain = method == "retrain"
+        marker = "*" if is_retrain else markers.get(geometry, "D")
+        legend_key = ("retrain", "") if is_retrain else ("method", geometry)
+        label = None
+        if legend_key not in seen:
+            seen.add(legend_key)
+            label = "retrain (oracle)" if is_retrain else geometry
+        ax.scatter(
+            [x], [y], marker=marker, s=180 if is_retrain else 50,
+            color="gold" if is_retrain else ("tab:blue" if geometry == "euclidean" else "tab:red"),
+            edgecolor="black", linewidth=0.7, zorder=3, label=label,
+        )
+        forget = "+".join(str(f) for f in record.get("forget") or [])
+        ax.annotate(f"{method}" + (f" [{forget}]" if forget else ""), (x, y), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("test-forget accuracy (%)  - lower forgets more")
+    ax.set_ylabel("test-retain accuracy (%)  - higher keeps more")
+    ax.set_title(f"{title}\n(better: top-left; compare with the retrain star)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if seen:
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

@@ -1,0 +1,160 @@
+"""Write a run's report folder: ``results.json``, ``figures/*.png`` and ``report.md`` (DESIGN §6).
+
+A folder that already holds a ``results.json`` is refused, so a finished run is never
+overwritten. Every file is written atomically. Figures need matplotlib (the ``report``
+extra); without it ``results.json`` and ``report.md`` are still written and the report
+says that no figures were produced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlunlearn.errors import VlunlearnError
+from vlunlearn.io import atomic_write_text
+from vlunlearn.report.markdown import group_records, order_methods, render_report
+from vlunlearn.runs import SCHEMA_VERSION, write_json
+
+__all__ = ["write_report", "safe_name"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9+_-]+")
+_UNLEARN_PREFERRED = ("ac", "hac")
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every run of characters outside ``[A-Za-z0-9+_-]`` replaced by ``_``."""
+    cleaned = _UNSAFE.sub("_", str(text)).strip("_")
+    return cleaned or "none"
+
+
+def _artifact(record: Mapping[str, Any], key: str) -> Any:
+    return (record.get("artifacts") or {}).get(key)
+
+
+def _has(record: Mapping[str, Any], key: str) -> bool:
+    value = _artifact(record, key)
+    return value is not None and len(value) > 0
+
+
+def _methods(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in records if r.get("method") not in ("original", "retrain")]
+
+
+def _alignment_panels(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """original, retrain, then ac/hac when present, else the first method: at most 4 panels."""
+    with_matrix = [r for r in order_methods(records) if _has(r, "alignment_matrix")]
+    chosen = [r for r in with_matrix if r.get("method") in ("original", "retrain")]
+    others = _methods(with_matrix)
+    preferred = [r for r in others if r.get("method") in _UNLEARN_PREFERRED]
+    chosen += preferred if preferred else others[:1]
+    panels: dict[str, Any] = {}
+    for record in chosen[:4]:
+        name = str(record.get("method"))
+        while name in panels:
+            name += "'"
+        panels[name] = _artifact(record, "alignment_matrix")
+    return panels
+
+
+def _disk_panels(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """before = original, after = hac (else the first method) with disk points."""
+    with_points = [r for r in records if _has(r, "disk_points")]
+    before = next((r for r in with_points if r.get("method") == "original"), None)
+    others = _methods(with_points)
+    after = next((r for r in others if r.get("method") == "hac"), others[0] if others else None)
+    points: dict[str, Any] = {}
+    labels: dict[str, Any] = {}
+    for tag, record in (("before (original)", before), (f"after ({after.get('method') if after else ''})", after)):
+        if record is None:
+            continue
+        points[tag] = np.asarray(_artifact(record, "disk_points"), dtype=float)
+        if _artifact(record, "disk_labels") is not None:
+            labels[tag] = list(_artifact(record, "disk_labels"))
+    return points, labels
+
+
+def _matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
+    """Write ``results.json``, the figures under ``out/figures/`` and ``report.md``.
+
+    ``results`` is the results document (``config``, ``environment``, ``data``, ``records``;
+    a ``schema_version`` key is replaced by the current one). Figures, per (model, geometry,
+    forget) group: ``alignment_<geometry>_<forget>.png`` (records with
+    ``artifacts.alignment_matrix``), ``d0_<geometry>_<forget>.png`` (Lorentz groups, from
+    ``artifacts.image_d0``), ``disk_<geometry>_<forget>.png`` (``artifacts.disk_points``);
+    and ``scatter.png`` over all records. When two groups would share a file name the model
+    name is added. Raises :class:`VlunlearnError` when ``out/results.json`` already exists.
+    Returns the written paths (results.json, figures, report.md).
+    """
+    from vlunlearn.report import figures as fig
+
+    out = Path(out)
+    if (out / "results.json").exists():
+        raise VlunlearnError(f"{out} already holds a results.json; choose a new output folder")
+    if out.exists() and not out.is_dir():
+        raise VlunlearnError(f"{out} exists and is not a folder")
+    payload = {k: v for k, v in dict(results).items() if k != "schema_version"}
+    records = list(payload.get("records") or [])
+
+    written: list[Path] = []
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", payload)
+    written.append(out / "results.json")
+
+    figure_paths: list[Path] = []
+    if _matplotlib_available():
+        figure_dir = out / "figures"
+        used: set[str] = set()
+
+        def name_for(kind: str, model: str, geometry: str, forget: tuple[str, ...]) -> Path:
+            stem = f"{kind}_{safe_name(geometry)}_{safe_name('+'.join(forget))}"
+            if stem in used:
+                stem = f"{kind}_{safe_name(model)}_{safe_name(geometry)}_{safe_name('+'.join(forget))}"
+            base, n = stem, 2
+            while stem in used:
+                stem, n = f"{base}_{n}", n + 1
+            used.add(stem)
+            return figure_dir / f"{stem}.png"
+
+        for (model, geometry, forget), group in group_records(records).items():
+            label = f"{model} · {geometry} · forget {', '.join(forget) or '(nothing)'}"
+            panels = _alignment_panels(group)
+            if panels:
+                path = name_for("alignment", model, geometry, forget)
+                figure_paths.append(fig.alignment_heatmaps(panels, path, f"Alignment audit: {label}"))
+            if geometry == "lorentz":
+                d0 = {str(r.get("method")): _artifact(r, "image_d0") for r in order_methods(group) if _has(r, "image_d0")}
+                if d0:
+                    path = name_for("d0", model, geometry, forget)
+                    figure_paths.append(
+                        fig.distance_histograms(d0, path, f"Image distance to origin: {label}", xlabel="image d0 (geodesic)")
+                    )
+            points, labels = _disk_panels(group)
+            if points:
+                path = name_for("disk", model, geometry, forget)
+                figure_paths.append(fig.poincare_disk(points, path, f"Poincare disk: {label}", labels=labels or None))
+        if any(
+            (r.get("metrics") or {}).get("zs_test_forget") is not None
+            and (r.get("metrics") or {}).get("zs_test_retain") is not None
+            for r in records
+        ):
+            figure_paths.append(fig.forget_retain_scatter(records, figure_dir / "scatter.png", "Forget vs retain accuracy (test)"))
+    written += figure_paths
+
+    relative = [p.relative_to(out).as_posix() for p in figure_paths]
+    document = {"schema_version": SCHEMA_VERSION, **payload}
+    atomic_write_text(out / "report.md", render_report(document, figures=relative))
+    written.append(out / "report.md")
+    return written
