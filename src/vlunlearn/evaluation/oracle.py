@@ -28,8 +28,9 @@ as :func:`~vlunlearn.evaluation.zero_shot.evaluate_splits` names them) and membe
 inference AUC."""
 
 
-def _number(value) -> float | None:
-    if value is None:
+def as_number(value) -> float | None:
+    """``value`` as a float, or ``None`` when it is missing, not a number, a bool or NaN."""
+    if value is None or isinstance(value, bool):
         return None
     try:
         number = float(value)
@@ -55,7 +56,7 @@ def oracle_gap(
     for key in keys:
         if key not in metrics or key not in reference:
             continue
-        value, target = _number(metrics[key]), _number(reference[key])
+        value, target = as_number(metrics[key]), as_number(reference[key])
         if value is None or target is None:
             continue
         gaps[key] = abs(value - target)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vlunlearn.methods.base import MethodConfig, UnlearningMethod, register
 from vlunlearn.training.batches import concat_tokens
-from vlunlearn.methods.base import MethodConfig, UnlearningMethod, encode, register
 from vlunlearn.training.loop import StepOutput
 from vlunlearn.training.losses import contrastive_loss
 

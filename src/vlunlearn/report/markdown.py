@@ -8,11 +8,10 @@ they were recorded. Accuracies are in percent; the oracle gap is the mean of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vlunlearn.evaluation.oracle import oracle_gap
+from vlunlearn.evaluation.oracle import as_number, oracle_gap
 
 __all__ = ["render_report", "group_records", "order_methods", "MISSING"]
 
@@ -34,18 +33,8 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def _fmt(value: Any, decimals: int) -> str:
-    number = _number(value)
+    number = as_number(value)
     return MISSING if number is None else f"{number:.{decimals}f}"
 
 
