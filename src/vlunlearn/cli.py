@@ -23,22 +23,20 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from vlunlearn.training.pretrain import PretrainConfig
-    from vlunlearn.workflows import pretrain_run
+    from vlunlearn.workflows import demo_run
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    rows = []
-    for geometry in ("euclidean", "lorentz"):
-        config = PretrainConfig(model="tiny", geometry=geometry, seed=args.seed)
-        record = pretrain_run(config, args.data, out / f"tiny-{geometry}", progress=not args.quiet)
-        rows.append((geometry, record))
-    print(f"\nTiny models pretrained on {args.data} (zero-shot top-1 on the test split):")
-    print(f"{'model':<12}{'geometry':<11}{'micro %':>9}{'macro %':>9}{'seconds':>9}")
-    for geometry, record in rows:
-        zs = record["metrics"]["zero_shot_test"]
-        name = "MERU" if geometry == "lorentz" else "CLIP"
-        print(f"{name:<12}{geometry:<11}{zs['micro']:>9.2f}{zs['macro']:>9.2f}{record['training']['seconds']:>9.1f}")
-    print(f"\nRun folder: {out}")
+    results = demo_run(args.data, out, seed=args.seed, progress=not args.quiet)
+    print(f"\nUnlearning on built-in {args.data} (zero-shot top-1 on the test split, MIA AUC on D_f vs test):")
+    print(f"{'geometry':<10}{'forget':<20}{'method':<14}{'forget %':>9}{'retain %':>9}{'MIA AUC':>9}{'seconds':>9}{'/retrain':>9}")
+    for record in results["records"]:
+        m = record["metrics"]
+        ratio = f"{m['ratio_to_retrain']:.3f}" if "ratio_to_retrain" in m else ""
+        print(
+            f"{record['geometry']:<10}{'+'.join(record['forget']):<20}{record['method']:<14}{m['zs_test_forget']:>9.1f}"
+            f"{m['zs_test_retain']:>9.1f}{m['mia_auc']:>9.3f}{m['seconds']:>9.1f}{ratio:>9}"
+        )
+    print(f"\nReport: {out / 'report.md'}")
     return 0
 
 
@@ -79,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlunlearn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="pretrain tiny CLIP and MERU on built-in data and evaluate them")
+    demo = commands.add_parser(
+        "demo", help="pretrain tiny CLIP and MERU, unlearn one and three concepts with every method, report"
+    )
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
     demo.add_argument("--seed", type=int, default=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from vlunlearn.errors import VlunlearnError
@@ -112,3 +114,85 @@ def unlearn_run(
     save_model(unlearned, out / "model", metadata={**metadata, "unlearn": {k: result[k] for k in ("request", "method", "config")}})
     write_json(out / "results.json", result)
     return result
+
+
+DEMO_REQUESTS = {
+    "fashion-mnist": (("sneaker",), ("sneaker", "bag", "coat")),
+    "digits": (("seven",), ("one", "four", "seven")),
+}
+DEMO_STEPS = 234  # half the full recipe, so that the whole demo fits in 15 minutes on 2 cores
+DISK_SAMPLE = 300  # test images drawn in the Poincare-disk view
+
+
+def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = None, progress: bool = True) -> dict:
+    """The end-to-end demo: pretrain (or reuse cached) tiny CLIP and MERU, retrain the oracle and
+    run every method for one and for three concepts, evaluate everything, write the report.
+
+    Pretrained originals are cached under ``cache`` (default ``$XDG_CACHE_HOME/vlunlearn`` or
+    ``~/.cache/vlunlearn``) keyed by data, geometry, steps and seed.
+    """
+    from vlunlearn.evaluation.oracle import peak_memory
+    from vlunlearn.evaluation.suite import evaluate_unlearning
+    from vlunlearn.methods import available_methods
+    from vlunlearn.report import write_report
+
+    out = create_run_folder(out)
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlunlearn"
+    tokenizer = Tokenizer()
+    train_data, test_data = load_builtin(data_name, "train", seed=seed), load_builtin(data_name, "test", seed=seed)
+    records = []
+    for geometry in ("euclidean", "lorentz"):
+        recipe = PretrainConfig(geometry=geometry, steps=DEMO_STEPS, seed=seed)
+        original, pretrain_seconds = _cached_original(recipe, data_name, train_data, cache, tokenizer, progress)
+        methods = [m for m in available_methods() if geometry == "lorentz" or m != "hac"]
+        for concepts in DEMO_REQUESTS[data_name]:
+            splits = make_splits(train_data, test_data, UnlearningRequest(concepts=concepts))
+            base = {"model": recipe.model, "geometry": geometry, "forget": list(concepts)}
+
+            def record(method: str, model, seconds: float, steps: int, peak_bytes: int | None) -> dict:
+                metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, seed=seed)
+                if geometry == "lorentz":
+                    artifacts.update(_disk_view(model, test_data, seed))
+                metrics.update(seconds=seconds, steps=steps, peak_memory_bytes=peak_bytes)
+                return {**base, "method": method, "metrics": metrics, "artifacts": artifacts}
+
+            records.append(record("original", original, pretrain_seconds, recipe.steps, None))
+            for method in ("retrain", *methods):
+                with peak_memory() as peak:
+                    model, run = unlearn(original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=progress)
+                records.append(record(method, model, run.seconds, run.steps, peak.peak_bytes))
+            retrain_seconds = records[-len(methods) - 1]["metrics"]["seconds"]
+            for entry in records[-len(methods):]:
+                entry["metrics"]["ratio_to_retrain"] = entry["metrics"]["seconds"] / retrain_seconds
+    results = {
+        "kind": "demo",
+        "config": {"data": data_name, "seed": seed, "pretrain_steps": DEMO_STEPS},
+        "data": {"name": data_name, "train_hash": train_data.content_hash()},
+        "environment": environment(),
+        "records": records,
+    }
+    write_report(results, out)
+    return results
+
+
+def _cached_original(recipe, data_name, train_data, cache, tokenizer, progress):
+    folder = cache / f"{data_name}-{recipe.geometry}-{recipe.steps}-seed{recipe.seed}"
+    results = folder / "results.json"
+    if results.exists():
+        return load_any(folder / "model"), json.loads(results.read_text())["seconds"]
+    model, result = pretrain(recipe, train_data, tokenizer=tokenizer, progress=progress)
+    save_model(model, folder / "model", metadata={"pretrain": recipe.to_dict()}, overwrite=True)
+    write_json(results, {"seconds": result.seconds, "train_hash": train_data.content_hash()})
+    return model, result.seconds
+
+
+def _disk_view(model, test_data, seed: int) -> dict:
+    from vlunlearn.evaluation import encode_images
+    from vlunlearn.report.figures import to_disk_2d
+
+    import torch
+
+    picks = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(seed))[:DISK_SAMPLE]
+    sample = test_data.subset(picks)
+    points = to_disk_2d(encode_images(model, sample), model.curvature().item())
+    return {"disk_points": points.tolist(), "disk_labels": [sample.class_names[i] for i in sample.labels.tolist()]}
