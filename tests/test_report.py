@@ -13,7 +13,7 @@ from vlunlearn.errors import VlunlearnError
 from vlunlearn.evaluation.oracle import oracle_gap
 from vlunlearn.geometry.lorentz import dist_to_origin, exp_map0
 from vlunlearn.report import render_report, write_report
-from vlunlearn.report.figures import alignment_gap, to_disk_2d
+from vlunlearn.report.figures import to_disk_2d
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -162,11 +162,6 @@ def test_to_disk_2d_keeps_radius():
     x = torch.cat([torch.zeros(1, 4), torch.randn(5, 4)])
     disk = to_disk_2d(x, 1.0)
     assert np.isfinite(disk).all() and np.linalg.norm(disk[0]) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_alignment_gap_value():
-    a = np.array([[1.0, 0.0], [0.2, 0.6]])
-    assert alignment_gap(a) == pytest.approx(0.8 - 0.1)
 
 
 def test_figures_individually(tmp_path):

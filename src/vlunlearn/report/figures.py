@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from vlunlearn.errors import VlunlearnError
+from vlunlearn.evaluation.alignment import alignment_gap
 from vlunlearn.io import atomic_path
 
 __all__ = [
-    "alignment_gap",
     "alignment_heatmaps",
     "distance_histograms",
     "poincare_disk",
@@ -51,19 +51,6 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def alignment_gap(matrix: Any) -> float:
-    """Mean diagonal minus mean off-diagonal of a square matrix (NaN when undefined)."""
-    a = np.asarray(matrix, dtype=float)
-    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
-        raise ValueError(f"an alignment matrix must be square and non-empty, got shape {a.shape}")
-    n = a.shape[0]
-    diag = float(np.mean(np.diag(a)))
-    if n == 1:
-        return math.nan
-    off = (a.sum() - np.trace(a)) / (n * n - n)
-    return diag - float(off)
-
-
 def alignment_heatmaps(matrices: Mapping[str, Any], path: str | Path, title: str) -> Path:
     """One heatmap per entry of ``matrices`` (name -> square matrix ``A_ij = s(v_i, t_j)``),
     side by side with a shared colour scale and one colour bar; each panel is titled with
@@ -84,7 +71,8 @@ def alignment_heatmaps(matrices: Mapping[str, Any], path: str | Path, title: str
     image = None
     for ax, (name, a) in zip(axes, arrays.items()):
         image = ax.imshow(a, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{name}\ngap = {alignment_gap(a):.3f}", fontsize=10)
+        gap = alignment_gap(torch.as_tensor(a)) if len(a) > 1 else math.nan
+        ax.set_title(f"{name}\ngap = {gap:.3f}", fontsize=10)
         ax.set_xlabel("caption j")
         ax.set_ylabel("image i")
     fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity s(v_i, t_j)")
