@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from vlunlearn.errors import VlunlearnError
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
@@ -189,8 +191,6 @@ def _cached_original(recipe, data_name, train_data, cache, tokenizer, progress):
 def _disk_view(model, test_data, seed: int) -> dict:
     from vlunlearn.evaluation import encode_images
     from vlunlearn.report.figures import to_disk_2d
-
-    import torch
 
     picks = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(seed))[:DISK_SAMPLE]
     sample = test_data.subset(picks)

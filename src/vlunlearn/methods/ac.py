@@ -23,6 +23,12 @@ from vlunlearn.training.losses import contrastive_logits, pairwise_contrastive_l
 PARTNER_POOLS = ("retain", "forget")
 
 
+def check_partner_pool(pool: str) -> None:
+    """Raise a clear error for an unknown mismatched-partner pool."""
+    if pool not in PARTNER_POOLS:
+        raise ValueError(f"partner_pool must be one of {PARTNER_POOLS}, got {pool!r}")
+
+
 @dataclass(frozen=True)
 class ACConfig(MethodConfig):
     """Alignment Calibration.
@@ -45,8 +51,7 @@ class ACConfig(MethodConfig):
     partner_pool: str = "retain"
 
     def __post_init__(self) -> None:
-        if self.partner_pool not in PARTNER_POOLS:
-            raise ValueError(f"partner_pool must be one of {PARTNER_POOLS}, got {self.partner_pool!r}")
+        check_partner_pool(self.partner_pool)
 
 
 @register("ac")

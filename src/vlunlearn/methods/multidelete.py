@@ -26,7 +26,7 @@ from vlunlearn.methods.base import (
     encode_original,
     register,
 )
-from vlunlearn.methods.ac import PARTNER_POOLS
+from vlunlearn.methods.ac import check_partner_pool
 from vlunlearn.training.batches import step_generator
 from vlunlearn.training.loop import StepOutput
 
@@ -55,8 +55,7 @@ class MultiDeleteConfig(MethodConfig):
     partner_pool: str = "retain"
 
     def __post_init__(self) -> None:
-        if self.partner_pool not in PARTNER_POOLS:
-            raise ValueError(f"partner_pool must be one of {PARTNER_POOLS}, got {self.partner_pool!r}")
+        check_partner_pool(self.partner_pool)
 
 
 @register("multidelete")
