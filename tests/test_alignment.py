@@ -87,6 +87,58 @@ def test_gap_of_a_three_by_three_hand_case():
     assert alignment_gap(matrix.tolist()) == pytest.approx(0.65)
 
 
+def test_gap_with_captions_ignores_entries_of_the_same_caption():
+    matrix = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.6, 0.3], [0.2, 0.0, 0.5]])
+    captions = ["sneaker", "sneaker", "bag"]
+    # matched: diagonal 0.9, 0.6, 0.5 -> 2/3; mismatched: (0,2) 0.1, (1,2) 0.3, (2,0) 0.2, (2,1) 0.0 -> 0.15
+    assert alignment_gap(matrix, captions) == pytest.approx(2 / 3 - 0.15)
+    # over the first two rows only: matched (0.9 + 0.6) / 2, mismatched (0.1 + 0.3) / 2
+    assert alignment_gap(matrix, captions, rows=2) == pytest.approx(0.75 - 0.2)
+    # distinct captions: the same as AC's plain gap
+    assert alignment_gap(matrix, ["a", "b", "c"]) == pytest.approx(alignment_gap(matrix))
+    with pytest.raises(ValueError, match="mismatched"):
+        alignment_gap(matrix, ["same"] * 3)
+    with pytest.raises(ValueError, match="captions"):
+        alignment_gap(matrix, ["a", "b"])
+
+
+def _concept_dataset(name: str, first_image: int, captions: list[str]) -> PairDataset:
+    n = len(captions)
+    images = torch.arange(first_image, first_image + n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2)
+    return PairDataset(
+        name=name,
+        images=images.contiguous(),
+        captions=[("a thing.", caption) for caption in captions],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.full((n,), -1),
+        ids=[f"{name}/{i}" for i in range(n)],
+        class_names=(),
+    )
+
+
+def test_concept_audit_contrasts_forget_rows_with_retain_captions():
+    # forget: 3 sneaker images whose caption is the same; contrast: 3 retain pairs of other concepts
+    forget = _concept_dataset("forget", 0, ["a sneaker."] * 3)
+    retain = _concept_dataset("retain", 3, ["a bag.", "a coat.", "a shirt."])
+    texts = ["a sneaker.", "a bag.", "a coat.", "a shirt."]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    captions = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    model = _fake(EUCLIDEAN, images, captions)
+    tokenizer = FakeTokenizer(texts)
+    # forget-only: every off-diagonal entry repeats the diagonal's caption, so there is no gap to measure
+    assert math.isnan(alignment_audit(model, forget, tokenizer)["gap"])
+    audit = alignment_audit(model, forget, tokenizer, max_pairs=6, contrast=retain)
+    assert audit["n"] == 6 and audit["n_forget"] == 3
+    assert audit["ids"] == ["forget/0", "forget/1", "forget/2", "retain/0", "retain/1", "retain/2"]
+    assert audit["captions"] == ["a sneaker."] * 3 + ["a bag.", "a coat.", "a shirt."]
+    expected = _cosine(images, captions[[0, 0, 0, 1, 2, 3]])
+    torch.testing.assert_close(torch.tensor(audit["matrix"], dtype=torch.float64), expected)
+    # gap over forget rows: own caption (sneaker) against the three retain captions
+    hand = expected[:3, 0].mean() - expected[:3, 3:].mean()
+    assert audit["gap"] == pytest.approx(hand.item())
+
+
 @pytest.mark.parametrize("matrix", [torch.ones(1, 1), torch.zeros(0, 0), torch.ones(2, 3), torch.ones(4)])
 def test_gap_needs_a_square_matrix_of_at_least_two(matrix):
     with pytest.raises(ValueError):

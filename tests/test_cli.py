@@ -176,3 +176,70 @@ def test_hac_on_a_euclidean_checkpoint_is_a_clear_error(tmp_path, capsys):
     code = main(["unlearn", "--checkpoint", str(clip / "model"), "--data", "digits", "--forget", "seven",
                  "--method", "hac", *SMALL_BUDGET, "--out", str(tmp_path / "x")])
     assert code == 2 and "hyperbolic" in capsys.readouterr().err
+
+
+def test_evaluate_and_report_write_complete_run_folders(meru_run, tmp_path, capsys):
+    checkpoint = meru_run[0] / "model"
+    before = _snapshot(meru_run[0])
+    runs = {}
+    for method in ("hac", "retrain"):
+        runs[method] = tmp_path / method
+        budget = SMALL_BUDGET if method == "hac" else ["--quiet"]
+        code = main(["unlearn", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
+                     "--method", method, *budget, "--out", str(runs[method])])
+        assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    # the request and the original are read from the unlearned checkpoints' metadata
+    out = tmp_path / "evaluation"
+    code = main(["evaluate", "--checkpoint", str(runs["hac"] / "model"), "--checkpoint", str(runs["retrain"] / "model"),
+                 "--data", "digits", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "forget concept seven" in printed and str(out / "report.md") in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["kind"] == "evaluate"
+    assert [r["method"] for r in results["records"]] == ["original", "hac", "retrain"]
+    for record in results["records"]:
+        assert record["model"] == "tiny" and record["geometry"] == "lorentz" and record["forget"] == ["seven"]
+        for key in ("zs_test_forget", "zs_test_retain", "zs_train_forget", "zs_train_retain", "mia_auc",
+                    "alignment_gap", "seconds"):
+            assert math.isfinite(record["metrics"][key]), key
+    hac, retrain = results["records"][1]["metrics"], results["records"][2]["metrics"]
+    assert hac["ratio_to_retrain"] == pytest.approx(hac["seconds"] / retrain["seconds"])
+    assert hac["steps"] == 2
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["alignment_lorentz_seven.png", "d0_lorentz_seven.png", "disk_lorentz_seven.png", "scatter.png"]
+    report = (out / "report.md").read_text()
+    assert "| original |" in report and "retrain" in report and "No retrained oracle" not in report
+    assert _snapshot(meru_run[0]) == before  # no input was touched
+
+    # report: merge the evaluation with an unlearn run; the evaluation's fuller records win
+    merged = tmp_path / "merged"
+    assert main(["report", str(runs["hac"]), str(out / "results.json"), "--out", str(merged)]) == 0
+    records = json.loads((merged / "results.json").read_text())["records"]
+    assert [r["method"] for r in records] == ["original", "hac", "retrain"]
+    assert all("mia_auc" in r["metrics"] for r in records)
+    # refusals: an existing folder, a file that is not a results file, a missing run
+    assert main(["report", str(out), "--out", str(merged)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{not json")
+    assert main(["report", str(tmp_path / "junk.json"), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a results.json" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")]) == 2
+    assert "no results" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_evaluate_without_a_request_or_an_oracle(meru_run, tmp_path, capsys):
+    # a pretrained model records no request: one must be given
+    checkpoint = meru_run[0] / "model"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "a")]) == 2
+    assert "no forget request" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "dragon",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "dragon" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    out = tmp_path / "c"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
+                 "--quiet", "--out", str(out)]) == 0
+    assert "No retrained oracle" in (out / "report.md").read_text()

@@ -99,11 +99,12 @@ def test_report_numbers_and_oracle_gap(tmp_path):
     write_report(results, out)
     report = (out / "report.md").read_text()
     # hac row: accuracies 1 decimal, AUC/gap 3 decimals, seconds 1 decimal
-    hac_row = next(line for line in report.splitlines() if line.startswith("| hac "))
+    # the only unlearning method of its group is the closest to the oracle, so it is in bold
+    hac_row = next(line for line in report.splitlines() if line.startswith("| **hac** "))
     cells = [c.strip() for c in hac_row.strip("|").split("|")]
     # hand-computed oracle gap: |12.34-10|, |80.06-81|, |10-8|, |85-86|, |0.55-0.5| over 5 keys
     expected_gap = (2.34 + 0.94 + 2.0 + 1.0 + 0.05) / 5
-    assert cells == ["hac", "12.3", "80.1", "10.0", "85.0", "0.550", "0.050", "1.2", f"{expected_gap:.3f}"]
+    assert cells == ["**hac**", "12.3", "80.1", "10.0", "85.0", "0.550", "0.050", "1.2", f"**{expected_gap:.3f}**"]
     assert f"{expected_gap:.3f}" == "1.266"
     hac = results["records"][1]["metrics"]
     assert math.isclose(oracle_gap(hac, results["records"][2]["metrics"])["mean"], expected_gap)
@@ -111,7 +112,7 @@ def test_report_numbers_and_oracle_gap(tmp_path):
     lines = report.splitlines()
     lorentz_rows = [l for l in lines[lines.index(next(l for l in lines if "lorentz" in l and l.startswith("##"))):]
                     if l.startswith("| ") and not l.startswith("| method")][:3]
-    assert [r.split("|")[1].strip() for r in lorentz_rows] == ["original", "retrain", "hac"]
+    assert [r.split("|")[1].strip() for r in lorentz_rows] == ["original", "retrain", "**hac**"]
     assert lorentz_rows[1].rstrip(" |").endswith("0.000")
     # the euclidean group has no retrain: the sentence and n/a gaps
     euc_section = report.split("euclidean", 1)[1].split("## Figures")[0]
@@ -138,11 +139,11 @@ def test_render_report_missing_metric():
     results["records"][1]["metrics"]["seconds"] = None
     results["records"][4]["metrics"]["alignment_gap"] = float("nan")
     text = render_report(results)
-    hac_row = next(line for line in text.splitlines() if line.startswith("| hac "))
+    hac_row = next(line for line in text.splitlines() if line.startswith("| **hac** "))
     cells = [c.strip() for c in hac_row.strip("|").split("|")]
     assert cells[5] == "–" and cells[7] == "–"
     # the oracle gap skips the missing AUC: mean of the 4 accuracy gaps
-    assert cells[8] == f"{(2.34 + 0.94 + 2.0 + 1.0) / 4:.3f}"
+    assert cells[8] == f"**{(2.34 + 0.94 + 2.0 + 1.0) / 4:.3f}**"
     ac_row = next(line for line in text.splitlines() if line.startswith("| ac "))
     assert ac_row.split("|")[7].strip() == "–"
     assert "toyshop" in text and "## Figures" in text
@@ -174,3 +175,14 @@ def test_figures_individually(tmp_path):
     for path in (p, q, r):
         assert path.read_bytes().startswith(PNG_SIGNATURE)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["d.png", "h.png", "s.png"]
+
+
+def test_only_the_method_closest_to_the_oracle_is_bold():
+    results = _results()
+    lor = {"model": "tiny", "geometry": "lorentz", "forget": ["sneaker"]}
+    # forget 10.5 vs retrain 10.0 and the rest equal to retrain: gap (0.5) / 5 = 0.1 < hac's 1.266
+    results["records"].append({**lor, "method": "ac", "metrics": _metrics(10.5, 81.0, 8.0, 86.0, 0.5, 0.02, 2.0)})
+    text = render_report(results)
+    assert "| **ac** |" in text and "**0.100**" in text
+    assert "| hac |" in text and "| **hac** |" not in text
+    assert text.count("| **") == 2  # its name and its oracle gap

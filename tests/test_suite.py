@@ -25,6 +25,7 @@ def test_suite_reports_every_metric(geometry):
     assert set(metrics) == expected
     assert all(math.isfinite(value) for value in metrics.values())
     assert {k: metrics[k] for k in evaluate_splits(model, splits, tokenizer)} == evaluate_splits(model, splits, tokenizer)
-    n = min(64, len(splits.forget))
-    assert len(artifacts["alignment_matrix"]) == n and len(artifacts["alignment_matrix"][0]) == n
+    # a concept request: 32 forget pairs first, then 32 retain pairs to contrast with
+    assert len(splits.forget) >= 32 and artifacts["alignment_forget_rows"] == 32
+    assert len(artifacts["alignment_matrix"]) == 64 and len(artifacts["alignment_matrix"][0]) == 64
     assert 0.0 <= metrics["mia_auc"] <= 1.0

@@ -1,4 +1,4 @@
-"""The ``vlunlearn`` command line: ``demo``, ``pretrain`` and ``unlearn``."""
+"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate`` and ``report``."""
 
 from __future__ import annotations
 
@@ -27,25 +27,46 @@ def _demo_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     results = demo_run(args.data, out, seed=args.seed, progress=not args.quiet)
-    print(f"\nUnlearning on built-in {args.data} (zero-shot top-1 on the test split, MIA AUC on D_f vs test):")
-    print(f"{'geometry':<10}{'forget':<20}{'method':<14}{'forget %':>9}{'retain %':>9}{'MIA AUC':>9}{'seconds':>9}{'/retrain':>9}")
-    for record in results["records"]:
-        m = record["metrics"]
-        ratio = f"{m['ratio_to_retrain']:.3f}" if "ratio_to_retrain" in m else ""
-        print(
-            f"{record['geometry']:<10}{'+'.join(record['forget']):<20}{record['method']:<14}{m['zs_test_forget']:>9.1f}"
-            f"{m['zs_test_retain']:>9.1f}{m['mia_auc']:>9.3f}{m['seconds']:>9.1f}{ratio:>9}"
-        )
+    _print_table(results, f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split, MIA AUC on D_f vs test):")
     print(f"\nReport: {out / 'report.md'}")
     return 0
 
 
-def _unlearn_command(args: argparse.Namespace) -> int:
+def _print_table(results: dict, title: str) -> None:
+    from vlunlearn.evaluation.oracle import as_number
+
+    def cell(value, decimals: int, width: int) -> str:
+        number = as_number(value)
+        return f"{'-' if number is None else f'{number:.{decimals}f}':>{width}}"
+
+    print(f"\n{title}")
+    print(f"{'geometry':<10}{'forget':<20}{'method':<14}{'forget %':>9}{'retain %':>9}{'MIA AUC':>9}{'gap':>8}{'seconds':>9}{'/retrain':>9}")
+    for record in results["records"]:
+        m = record["metrics"]
+        print(
+            f"{record['geometry']:<10}{'+'.join(record['forget']):<20}{record['method']:<14}"
+            + cell(m.get("zs_test_forget"), 1, 9) + cell(m.get("zs_test_retain"), 1, 9) + cell(m.get("mia_auc"), 3, 9)
+            + cell(m.get("alignment_gap"), 3, 8) + cell(m.get("seconds"), 1, 9) + cell(m.get("ratio_to_retrain"), 3, 9)
+        )
+
+
+def _request(args: argparse.Namespace):
     from vlunlearn.data import UnlearningRequest
+
+    if args.forget_ids:
+        try:
+            sample_ids = tuple(Path(args.forget_ids).read_text().split())
+        except OSError as error:
+            raise VlunlearnError(f"cannot read --forget-ids {args.forget_ids}: {error.strerror}") from None
+    else:
+        sample_ids = ()
+    return UnlearningRequest(concepts=tuple(args.forget or ()), sample_ids=sample_ids)
+
+
+def _unlearn_command(args: argparse.Namespace) -> int:
     from vlunlearn.workflows import unlearn_run
 
-    sample_ids = tuple(Path(args.forget_ids).read_text().split()) if args.forget_ids else ()
-    request = UnlearningRequest(concepts=tuple(args.forget or ()), sample_ids=sample_ids)
+    request = _request(args)
     overrides = dict(_key_value(item) for item in args.set)
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out),
@@ -57,6 +78,29 @@ def _unlearn_command(args: argparse.Namespace) -> int:
         f"({record['run']['seconds']:.1f} s); zero-shot test forget {after['zs_test_forget']:.1f}%, "
         f"retain {after['zs_test_retain']:.1f}% -> {args.out}"
     )
+    return 0
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from vlunlearn.workflows import evaluate_run
+
+    request = _request(args) if (args.forget or args.forget_ids) else None
+    results = evaluate_run(
+        [Path(c) for c in args.checkpoint], args.data, Path(args.out), request=request,
+        original=Path(args.original) if args.original else None, retrain=Path(args.retrain) if args.retrain else None,
+        seed=args.seed, progress=not args.quiet,
+    )
+    _print_table(results, f"Evaluation on {args.data} ({results['config']['request']}):")
+    print(f"\nReport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from vlunlearn.workflows import report_run
+
+    results = report_run([Path(source) for source in args.runs], Path(args.out))
+    _print_table(results, f"{len(results['records'])} records from {len(args.runs)} run(s):")
+    print(f"\nReport: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -111,6 +155,29 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--quiet", action="store_true", help="no progress bars")
     unlearn.set_defaults(func=_unlearn_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate unlearned models against the original and the retrained oracle; write a report"
+    )
+    evaluate.add_argument(
+        "--checkpoint", action="append", required=True, metavar="PATH",
+        help="unlearned model folder or .pth (repeatable; labelled by the method recorded in it)",
+    )
+    evaluate.add_argument("--original", metavar="PATH", help="the model before unlearning (default: the one recorded)")
+    evaluate.add_argument("--retrain", metavar="PATH", help="the retrained oracle (default: none, or a --checkpoint "
+                          "made with --method retrain)")
+    evaluate.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
+    evaluate.add_argument("--forget", action="append", metavar="CONCEPT", help="default: the request recorded")
+    evaluate.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids, one per line")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the audit and MIA samples")
+    evaluate.add_argument("--out", required=True, help="new run folder")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=_evaluate_command)
+
+    report = commands.add_parser("report", help="one report from the results of finished runs")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folder or results.json (demo, evaluate, unlearn)")
+    report.add_argument("--out", required=True, help="new report folder")
+    report.set_defaults(func=_report_command)
     return parser
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from vlunlearn.errors import VlunlearnError
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
@@ -58,7 +59,7 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
         "metrics": metrics,
         "history": result.history,
     }
-    save_model(model, out / "model", metadata={"pretrain": config.to_dict(), "data": record["data"]})
+    save_model(model, out / "model", metadata={"pretrain": config.to_dict(), "data": record["data"], "run": record["training"]})
     write_json(out / "results.json", record)
     state_path.unlink(missing_ok=True)
     return record
@@ -98,6 +99,8 @@ def unlearn_run(
     result = {
         "kind": "unlearn",
         "checkpoint": str(checkpoint),
+        "model": model.config.name,
+        "geometry": model.config.geometry,
         "data": {"name": data_name, "train_size": len(train_data), "train_hash": train_data.content_hash()},
         "request": record.request,
         "split_sizes": {"forget": len(splits.forget), "retain": len(splits.retain)},
@@ -113,7 +116,10 @@ def unlearn_run(
         "history": record.history,
     }
     out = create_run_folder(out)
-    save_model(unlearned, out / "model", metadata={**metadata, "unlearn": {k: result[k] for k in ("request", "method", "config")}})
+    provenance = {k: result[k] for k in ("request", "method", "config", "run")}
+    provenance["source_checkpoint"] = str(Path(checkpoint).resolve())
+    inherited = {k: v for k, v in metadata.items() if k != "run"}  # "run" is the cost of the pretraining
+    save_model(unlearned, out / "model", metadata={**inherited, "unlearn": provenance})
     write_json(out / "results.json", result)
     return result
 
@@ -134,7 +140,6 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
     ``~/.cache/vlunlearn``) keyed by data, geometry, steps and seed.
     """
     from vlunlearn.evaluation.oracle import peak_memory
-    from vlunlearn.evaluation.suite import evaluate_unlearning
     from vlunlearn.methods import available_methods
     from vlunlearn.report import write_report
 
@@ -149,23 +154,17 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
         methods = [m for m in available_methods() if geometry == "lorentz" or m != "hac"]
         for concepts in DEMO_REQUESTS[data_name]:
             splits = make_splits(train_data, test_data, UnlearningRequest(concepts=concepts))
-            base = {"model": recipe.model, "geometry": geometry, "forget": list(concepts)}
 
             def record(method: str, model, seconds: float, steps: int, peak_bytes: int | None) -> dict:
-                metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, seed=seed)
-                if geometry == "lorentz":
-                    artifacts.update(_disk_view(model, test_data, seed))
-                metrics.update(seconds=seconds, steps=steps, peak_memory_bytes=peak_bytes)
-                return {**base, "method": method, "metrics": metrics, "artifacts": artifacts}
+                cost = {"seconds": seconds, "steps": steps, "peak_memory_bytes": peak_bytes}
+                return evaluation_record(model, method, splits, test_data, tokenizer, seed=seed, cost=cost)
 
-            records.append(record("original", original, pretrain_seconds, recipe.steps, None))
+            group = [record("original", original, pretrain_seconds, recipe.steps, None)]
             for method in ("retrain", *methods):
                 with peak_memory() as peak:
                     model, run = unlearn(original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=progress)
-                records.append(record(method, model, run.seconds, run.steps, peak.peak_bytes))
-            retrain_seconds = records[-len(methods) - 1]["metrics"]["seconds"]
-            for entry in records[-len(methods):]:
-                entry["metrics"]["ratio_to_retrain"] = entry["metrics"]["seconds"] / retrain_seconds
+                group.append(record(method, model, run.seconds, run.steps, peak.peak_bytes))
+            records += add_ratio_to_retrain(group)
     results = {
         "kind": "demo",
         "config": {"data": data_name, "seed": seed, "pretrain_steps": DEMO_STEPS},
@@ -196,3 +195,159 @@ def _disk_view(model, test_data, seed: int) -> dict:
     sample = test_data.subset(picks)
     points = to_disk_2d(encode_images(model, sample), model.curvature().item())
     return {"disk_points": points.tolist(), "disk_labels": [sample.class_names[i] for i in sample.labels.tolist()]}
+
+
+def evaluation_record(
+    model, method: str, splits, test_data, tokenizer: Tokenizer, *, seed: int = 0, cost: dict | None = None
+) -> dict:
+    """One ``results.json`` record: every metric of ``model`` on ``splits`` plus its figure artifacts.
+
+    ``cost`` (seconds, steps, peak memory) is merged into the metrics when known.
+    """
+    from vlunlearn.evaluation.suite import evaluate_unlearning
+
+    metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, seed=seed)
+    if model.geometry.hyperbolic:
+        artifacts.update(_disk_view(model, test_data, seed))
+    metrics.update({key: value for key, value in (cost or {}).items() if value is not None})
+    return {
+        "model": model.config.name,
+        "geometry": model.config.geometry,
+        "forget": list(splits.request.concepts) or [f"{len(splits.request.sample_ids)} samples"],
+        "method": method,
+        "metrics": metrics,
+        "artifacts": artifacts,
+    }
+
+
+def add_ratio_to_retrain(group: list[dict]) -> list[dict]:
+    """Add ``metrics.ratio_to_retrain`` (seconds / retrain seconds) to the unlearning records of
+    one request's group, when the group has a timed retrain record. Returns ``group``."""
+    retrain = next((r for r in group if r["method"] == "retrain"), None)
+    retrain_seconds = (retrain or {}).get("metrics", {}).get("seconds")
+    if retrain_seconds:
+        for record in group:
+            if record["method"] not in ("original", "retrain") and record["metrics"].get("seconds") is not None:
+                record["metrics"]["ratio_to_retrain"] = record["metrics"]["seconds"] / retrain_seconds
+    return group
+
+
+def evaluate_run(
+    checkpoints: list[Path],
+    data_name: str,
+    out: Path,
+    *,
+    request: UnlearningRequest | None = None,
+    original: Path | None = None,
+    retrain: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate unlearned models against their original and the retrained oracle; write a report.
+
+    Each checkpoint is labelled by the method recorded in its metadata (``vlunlearn unlearn``
+    writes it), else by its folder name; a checkpoint made with ``--method retrain`` serves as
+    the oracle. The request defaults to the one recorded in the first checkpoint, and the
+    original to the checkpoint that run started from. Without an oracle, the report is
+    relative to the original and says so. ``out`` receives results.json, report.md, figures/.
+    """
+    from vlunlearn.report import write_report
+
+    out = check_new_run_folder(out)
+    if not checkpoints:
+        raise VlunlearnError("nothing to evaluate: give at least one --checkpoint")
+    metadata = [read_metadata(path) if Path(path).is_dir() else {} for path in checkpoints]
+    provenance = [entry.get("unlearn", {}) for entry in metadata]
+    if request is None:
+        recorded = next((p["request"] for p in provenance if "request" in p), None)
+        if recorded is None:
+            raise VlunlearnError("no forget request given (--forget / --forget-ids) and none recorded in the checkpoints")
+        request = UnlearningRequest(
+            concepts=tuple(recorded.get("concepts", ())), sample_ids=tuple(recorded.get("sample_ids", ()))
+        )
+    if original is None:
+        source = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
+        original = source if source is not None and source.exists() else None
+    train_data, test_data = load_builtin(data_name, "train", seed=seed), load_builtin(data_name, "test", seed=seed)
+    splits = make_splits(train_data, test_data, request)
+    tokenizer = Tokenizer()
+
+    entries: list[tuple[str, Path]] = [("original", Path(original))] if original is not None else []
+    if retrain is not None:
+        entries.append(("retrain", Path(retrain)))
+    for path, recorded in zip(checkpoints, provenance):
+        entries.append((recorded.get("method") or Path(path).resolve().parent.name, Path(path)))
+    group = []
+    for method, path in tqdm(entries, desc="evaluate", unit="model", disable=not progress):
+        recorded = read_metadata(path) if path.is_dir() else {}
+        run = recorded.get("unlearn", {}).get("run") or recorded.get("run") or {}  # cost, when a run recorded it
+        model = load_any(path)
+        if group and model.config.geometry != group[0]["geometry"]:
+            raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {group[0]['geometry']}")
+        cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
+        group.append({**evaluation_record(model, method, splits, test_data, tokenizer, seed=seed, cost=cost), "checkpoint": str(path)})
+    results = {
+        "kind": "evaluate",
+        "config": {"data": data_name, "seed": seed, "request": request.describe()},
+        "data": {"name": data_name, "train_hash": train_data.content_hash()},
+        "split_sizes": {"forget": len(splits.forget), "retain": len(splits.retain)},
+        "environment": environment(),
+        "records": add_ratio_to_retrain(group),
+    }
+    write_report(results, create_run_folder(out))
+    return results
+
+
+def report_run(sources: list[Path], out: Path) -> dict:
+    """Merge the records of finished runs (demo, evaluate or unlearn run folders, or their
+    results.json files) into one report in the new folder ``out``.
+
+    An ``unlearn`` run contributes two records (original and unlearned, metrics only).
+    When several runs hold a record for the same (model, geometry, forget, method), the one
+    with the most metrics is kept, in the place where the first appeared.
+    """
+    from vlunlearn.report import write_report
+
+    out = check_new_run_folder(out)
+    if not sources:
+        raise VlunlearnError("nothing to report: give at least one run folder or results.json")
+    records: dict[tuple, dict] = {}
+    hashes = []
+    for source in sources:
+        path = Path(source) / "results.json" if Path(source).is_dir() else Path(source)
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise VlunlearnError(f"no results at {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise VlunlearnError(f"{path} is not a results.json file: {error}") from None
+        hashes.append((document.get("data") or {}).get("train_hash"))
+        for record in _records_of(document, path):
+            key = (record.get("model"), record.get("geometry"), tuple(record.get("forget") or ()), record.get("method"))
+            if len(record.get("metrics") or {}) > len((records.get(key) or {}).get("metrics") or {}):
+                records[key] = record
+    if len(set(hashes)) > 1:
+        raise VlunlearnError("these runs used different training data (their data hashes differ); report them separately")
+    results = {
+        "kind": "report",
+        "config": {"sources": [str(s) for s in sources]},
+        "data": {"train_hash": hashes[0]},
+        "environment": environment(),
+        "records": list(records.values()),
+    }
+    write_report(results, create_run_folder(out))
+    return results
+
+
+def _records_of(document: dict, path: Path) -> list[dict]:
+    if isinstance(document.get("records"), list):
+        return document["records"]
+    if document.get("kind") == "unlearn":
+        concepts = list(document["request"].get("concepts") or []) or [f"{len(document['request'].get('sample_ids', []))} samples"]
+        base = {"model": document.get("model", "?"), "geometry": document.get("geometry", "?"), "forget": concepts}
+        run = document.get("run", {})
+        return [
+            {**base, "method": "original", "metrics": document["metrics"]["original"]},
+            {**base, "method": document["method"], "metrics": {**document["metrics"]["unlearned"], **run}},
+        ]
+    raise VlunlearnError(f"{path} holds no records (a results.json of a demo, evaluate or unlearn run is expected)")

@@ -13,11 +13,22 @@ The AC paper's exact definitions were not available; this follows DESIGN §5 and
 reconstruction in ``reference/ac.md`` §4.5, with the CLIP form ``A_ij = s(g_I(I_i), g_T(T_j))``
 on projected embeddings, the canonical (most specific) caption of each pair, and no
 augmentation.
+
+Concept requests. AC audits sample deletion, where every forget pair has its own caption.
+When a whole concept is forgotten, every forget caption names that concept ("a photo of a
+sneaker."), so the off-diagonal of a forget-only matrix holds the same caption as the
+diagonal and the gap is zero by construction. The audit therefore (a) never counts an entry
+whose caption equals the row's own caption as a mismatch, and (b) accepts ``contrast`` pairs
+(retain pairs) that fill half of the matrix: rows and columns list the forget pairs first,
+then the contrast pairs, and the gap is taken over the forget rows only, i.e. how much
+closer a forget image is to its own caption than to the captions of other concepts. With
+distinct captions and no contrast this is exactly AC's gap.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -46,12 +57,11 @@ def alignment_selection(num_items: int, max_pairs: int = 64, seed: int = 0) -> T
 
 
 @torch.no_grad()
-def _matrix_at(model, data: PairDataset, tokenizer: Tokenizer, index: Tensor) -> Tensor:
-    if index.numel() == 0:
+def _matrix_of(model, subsets: Sequence[PairDataset], captions: Sequence[str], tokenizer: Tokenizer) -> Tensor:
+    if not captions:
         return torch.zeros(0, 0)
-    subset = data.subset(index)
-    images = encode_images(model, subset)
-    texts = encode_texts(model, tokenizer, subset.canonical_captions())
+    images = torch.cat([encode_images(model, subset) for subset in subsets if len(subset)])
+    texts = encode_texts(model, tokenizer, list(captions))
     return model.geometry.pairwise_similarity(images, texts, model.curvature())
 
 
@@ -64,25 +74,37 @@ def alignment_matrix(model, data: PairDataset, tokenizer: Tokenizer, max_pairs: 
     distance for a Lorentz model). The pairs are the ``n = min(max_pairs, len(data))``
     items chosen by :func:`alignment_selection` (a seeded permutation, first ``n``, sorted).
     """
-    return _matrix_at(model, data, tokenizer, alignment_selection(len(data), max_pairs, seed))
+    subset = data.subset(alignment_selection(len(data), max_pairs, seed))
+    return _matrix_of(model, [subset], subset.canonical_captions(), tokenizer)
 
 
-def alignment_gap(matrix: Tensor) -> float:
-    """Mean of the diagonal minus mean of the off-diagonal entries of a square ``(n, n)`` matrix.
+def alignment_gap(matrix: Tensor, captions: Sequence[str] | None = None, rows: int | None = None) -> float:
+    """Mean matched minus mean mismatched similarity of a square ``(n, n)`` matrix.
 
-    Positive when matched pairs are more similar than mismatched ones. Needs ``n >= 2``
-    (otherwise there is no off-diagonal) and raises ``ValueError`` otherwise.
+    Without ``captions``: mean of the diagonal minus mean of the off-diagonal (AC's gap).
+    With ``captions`` (the ``n`` caption strings of the columns, row ``i`` paired with
+    caption ``i``), an entry ``(i, j)`` counts as a mismatch only when ``captions[j] !=
+    captions[i]``. Only the first ``rows`` rows enter (default: all). Raises ``ValueError``
+    when the matrix is not square or no mismatched entry remains.
     """
     matrix = torch.as_tensor(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"the alignment matrix must be square, not of shape {tuple(matrix.shape)}")
     n = matrix.shape[0]
-    if n < 2:
-        raise ValueError(f"the alignment gap needs at least 2 pairs, got {n}")
+    rows = n if rows is None else rows
     matrix = matrix.detach().to(device="cpu", dtype=torch.float64)
-    diagonal = matrix.diagonal()
-    off_diagonal_mean = (matrix.sum() - diagonal.sum()) / (n * n - n)
-    return (diagonal.mean() - off_diagonal_mean).item()
+    if captions is None:
+        mismatched = ~torch.eye(n, dtype=torch.bool)
+    else:
+        if len(captions) != n:
+            raise ValueError(f"{len(captions)} captions for a {n} x {n} alignment matrix")
+        codes = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
+        code = torch.tensor([codes[caption] for caption in captions])
+        mismatched = code[:, None] != code[None, :]
+    mismatched = mismatched[:rows]
+    if rows < 1 or not bool(mismatched.any()):
+        raise ValueError("the alignment gap needs at least one mismatched pair (two pairs with different captions)")
+    return (matrix[:rows].diagonal().mean() - matrix[:rows][mismatched].mean()).item()
 
 
 def alignment_gap_matrix(matrix: Tensor, reference: Tensor) -> Tensor:
@@ -98,19 +120,38 @@ def alignment_gap_matrix(matrix: Tensor, reference: Tensor) -> Tensor:
     return matrix - reference
 
 
-def alignment_audit(model, data: PairDataset, tokenizer: Tokenizer, max_pairs: int = 64, seed: int = 0) -> dict:
+def alignment_audit(
+    model,
+    data: PairDataset,
+    tokenizer: Tokenizer,
+    max_pairs: int = 64,
+    seed: int = 0,
+    contrast: PairDataset | None = None,
+) -> dict:
     """The alignment matrix and gap of ``model`` on ``data``, ready for JSON.
 
-    Returns ``{"matrix": [[float]] (n x n, row = image, column = caption), "gap": float,
-    "n": int, "ids": [str]}`` where ``ids`` are the item ids of the rows (and columns).
-    ``gap`` is NaN when fewer than two pairs are available.
+    Without ``contrast``, the matrix covers up to ``max_pairs`` pairs of ``data``. With
+    ``contrast`` (for a concept request: retain pairs), up to ``max_pairs // 2`` pairs of
+    ``data`` come first and contrast pairs, grouped by caption, fill the rest; the gap is then taken over the
+    ``data`` rows only. In both cases entries whose caption equals the row's caption are not
+    mismatches (see the module docstring). Returns ``{"matrix": [[float]] (row = image,
+    column = caption), "gap": float (NaN when no mismatched pair exists), "n": int,
+    "n_forget": int (rows that belong to ``data``), "ids": [str], "captions": [str]}``.
     """
-    index = alignment_selection(len(data), max_pairs, seed)
-    matrix = _matrix_at(model, data, tokenizer, index).detach().to(device="cpu", dtype=torch.float64)
-    n = matrix.shape[0]
-    return {
-        "matrix": matrix.tolist(),
-        "gap": alignment_gap(matrix) if n >= 2 else math.nan,
-        "n": n,
-        "ids": [data.ids[i] for i in index.tolist()],
-    }
+    own_pairs = max_pairs if contrast is None else max(1, max_pairs // 2)
+    parts = [(data, alignment_selection(len(data), own_pairs, seed))]
+    if contrast is not None:
+        room = max_pairs - len(parts[0][1])
+        index = alignment_selection(len(contrast), max(room, 1), seed)
+        by_caption = sorted(range(len(index)), key=lambda k: contrast.canonical_captions(index[k : k + 1])[0])
+        parts.append((contrast, index[by_caption]))  # grouped by caption: concepts show as blocks
+    subsets = [source.subset(index) for source, index in parts]
+    captions = [caption for subset in subsets for caption in subset.canonical_captions()]
+    ids = [source.ids[i] for source, index in parts for i in index.tolist()]
+    n_forget = len(parts[0][1])
+    matrix = _matrix_of(model, subsets, captions, tokenizer).detach().to(device="cpu", dtype=torch.float64)
+    try:
+        gap = alignment_gap(matrix, captions, rows=n_forget)
+    except ValueError:
+        gap = math.nan
+    return {"matrix": matrix.tolist(), "gap": gap, "n": len(ids), "n_forget": n_forget, "ids": ids, "captions": captions}

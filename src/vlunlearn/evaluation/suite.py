@@ -26,7 +26,9 @@ def evaluate_unlearning(
     hierarchy diagnostics of ``model`` on ``splits``.
 
     Retrieval runs on D_f, a seeded sample of ``retain_sample`` D_r pairs, and the test
-    split's forget part; membership inference attacks D_f against test-forget.
+    split's forget part; membership inference attacks D_f against test-forget. For a concept
+    request the alignment audit contrasts forget pairs with retain pairs (see
+    :func:`~vlunlearn.evaluation.alignment.alignment_audit`).
     """
     generator = torch.Generator().manual_seed(seed)
     retain_sample_data = splits.retain.subset(torch.randperm(len(splits.retain), generator=generator)[:retain_sample])
@@ -36,9 +38,10 @@ def evaluate_unlearning(
             metrics[f"retrieval_{name}_{key}"] = value
     mia = mia_metrics(model, splits.forget, splits.test_forget, tokenizer, seed=seed)
     metrics["mia_auc"], metrics["mia_accuracy"] = mia["mia_auc"], mia["mia_accuracy"]
-    audit = alignment_audit(model, splits.forget, tokenizer, seed=seed)
+    contrast = retain_sample_data if splits.request.concepts else None
+    audit = alignment_audit(model, splits.forget, tokenizer, seed=seed, contrast=contrast)
     metrics["alignment_gap"] = audit["gap"]
-    artifacts: dict = {"alignment_matrix": audit["matrix"]}
+    artifacts: dict = {"alignment_matrix": audit["matrix"], "alignment_forget_rows": audit["n_forget"]}
     if model.geometry.hyperbolic:
         metrics["entailment_rate_forget"] = entailment_rate(model, splits.forget, tokenizer)
         metrics["entailment_rate_retain"] = entailment_rate(model, retain_sample_data, tokenizer)

@@ -51,10 +51,18 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def alignment_heatmaps(matrices: Mapping[str, Any], path: str | Path, title: str) -> Path:
+def alignment_heatmaps(
+    matrices: Mapping[str, Any],
+    path: str | Path,
+    title: str,
+    gaps: Mapping[str, float] | None = None,
+    forget_rows: int | None = None,
+) -> Path:
     """One heatmap per entry of ``matrices`` (name -> square matrix ``A_ij = s(v_i, t_j)``),
     side by side with a shared colour scale and one colour bar; each panel is titled with
-    its name and alignment gap. Returns ``path``."""
+    its name and alignment gap (from ``gaps``, else AC's plain gap of the matrix). When the
+    first ``forget_rows`` rows/columns are forget pairs and the rest contrast pairs, dashed
+    lines separate the blocks. Returns ``path``."""
     if not matrices:
         raise ValueError("alignment_heatmaps needs at least one matrix")
     arrays = {name: np.asarray(m, dtype=float) for name, m in matrices.items()}
@@ -71,10 +79,17 @@ def alignment_heatmaps(matrices: Mapping[str, Any], path: str | Path, title: str
     image = None
     for ax, (name, a) in zip(axes, arrays.items()):
         image = ax.imshow(a, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
-        gap = alignment_gap(torch.as_tensor(a)) if len(a) > 1 else math.nan
+        gap = (gaps or {}).get(name)
+        if gap is None:
+            gap = alignment_gap(torch.as_tensor(a)) if len(a) > 1 else math.nan
         ax.set_title(f"{name}\ngap = {gap:.3f}", fontsize=10)
-        ax.set_xlabel("caption j")
-        ax.set_ylabel("image i")
+        split = forget_rows is not None and 0 < forget_rows < len(a)
+        if split:
+            for draw in (ax.axhline, ax.axvline):
+                draw(forget_rows - 0.5, color="white", linestyle="--", linewidth=1)
+        ax.set_xlabel("caption j" + (" (forget | retain)" if split else ""))
+        if ax is axes[0]:
+            ax.set_ylabel("image i" + (" (forget | retain)" if split else ""))
     fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity s(v_i, t_j)")
     fig.suptitle(title)
     return _save(fig, path)
@@ -185,7 +200,8 @@ def poincare_disk(
                 mask = names == label
                 if mask.any():
                     ax.scatter(p[mask, 0], p[mask, 1], s=14, alpha=0.8, color=colour[label], label=label)
-            ax.legend(fontsize=7, loc="upper right", markerscale=1.2)
+            if ax is axes[-1]:
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), markerscale=1.2, frameon=False)
         elif len(p):
             ax.scatter(p[:, 0], p[:, 1], s=14, alpha=0.8)
         ax.set_xlim(-1.05, 1.05)
@@ -208,41 +224,50 @@ def _metric(record: Mapping[str, Any], key: str) -> float | None:
 
 
 def forget_retain_scatter(records: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
-    """Test-forget accuracy (x) against test-retain accuracy (y), one point per record with
-    both metrics, annotated with the method name; marker by geometry (circle Euclidean,
-    square Lorentz), the retrained oracle drawn as a star. Axes span 0-100 %. Better
-    unlearning is towards the top-left (low forget, high retain accuracy). Returns ``path``."""
-    fig = _new_figure(6.4, 5.4)
-    ax = fig.subplots()
-    markers = {"euclidean": "o", "lorentz": "s"}
-    seen: set[tuple[str, str]] = set()
+    """Test-forget accuracy (x) against test-retain accuracy (y): one panel per (model,
+    geometry, forget set) group, one point per record with both metrics, coloured by method
+    (the same colour in every panel, one legend); the original is a cross and the retrained
+    oracle a star. Axes are zoomed to the group's points. Better unlearning is close to the
+    star: low forget and high retain accuracy. Returns ``path``."""
+    groups: dict[tuple, list[tuple[str, float, float]]] = {}
+    methods: list[str] = []
     for record in records:
         x, y = _metric(record, "zs_test_forget"), _metric(record, "zs_test_retain")
         if x is None or y is None:
             continue
         method = str(record.get("method", "?"))
-        geometry = str(record.get("geometry", "?"))
-        is_retrain = method == "retrain"
-        marker = "*" if is_retrain else markers.get(geometry, "D")
-        legend_key = ("retrain", "") if is_retrain else ("method", geometry)
-        label = None
-        if legend_key not in seen:
-            seen.add(legend_key)
-            label = "retrain (oracle)" if is_retrain else geometry
-        ax.scatter(
-            [x], [y], marker=marker, s=180 if is_retrain else 50,
-            color="gold" if is_retrain else ("tab:blue" if geometry == "euclidean" else "tab:red"),
-            edgecolor="black", linewidth=0.7, zorder=3, label=label,
-        )
-        forget = "+".join(str(f) for f in record.get("forget") or [])
-        ax.annotate(f"{method}" + (f" [{forget}]" if forget else ""), (x, y), xytext=(4, 4),
-                    textcoords="offset points", fontsize=7)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("test-forget accuracy (%)  - lower forgets more")
-    ax.set_ylabel("test-retain accuracy (%)  - higher keeps more")
-    ax.set_title(f"{title}\n(better: top-left; compare with the retrain star)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    if seen:
-        ax.legend(fontsize=8, loc="lower right")
+        key = (str(record.get("model", "?")), str(record.get("geometry", "?")), tuple(record.get("forget") or ()))
+        groups.setdefault(key, []).append((method, x, y))
+        if method not in methods and method not in ("original", "retrain"):
+            methods.append(method)
+    if not groups:
+        raise ValueError("forget_retain_scatter needs at least one record with test forget and retain accuracy")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    style = {m: {"marker": "o", "s": 60, "color": cmap(i % cmap.N)} for i, m in enumerate(methods)}
+    style["original"] = {"marker": "X", "s": 90, "color": "dimgray"}
+    style["retrain"] = {"marker": "*", "s": 260, "color": "gold"}
+    columns = min(len(groups), 2)
+    rows = math.ceil(len(groups) / columns)
+    fig = _new_figure(4.4 * columns + 1.8, 3.8 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    shown: dict[str, Any] = {}
+    for ax, ((model, geometry, forget), points) in zip(axes, groups.items()):
+        for method, x, y in points:
+            handle = ax.scatter([x], [y], edgecolor="black", linewidth=0.6, zorder=3, **style[method])
+            shown.setdefault(method, handle)
+        xs, ys = [x for _, x, _ in points], [y for _, _, y in points]
+        ax.set_xlim(-3, min(100.0, max(xs) + 8))
+        ax.set_ylim(max(0.0, min(ys) - 4), min(100.0, max(ys) + 4))
+        ax.set_title(f"{model} · {geometry} · forget {'+'.join(map(str, forget)) or '(nothing)'}", fontsize=9)
+        ax.set_xlabel("test-forget accuracy (%)")
+        ax.set_ylabel("test-retain accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    order = [m for m in ("original", "retrain") if m in shown] + [m for m in methods if m in shown]
+    fig.legend([shown[m] for m in order], order, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: best is near the retrain star (low forget, high retain)", fontsize=10)
+    fig.subplots_adjust(right=1 - 1.6 / (4.4 * columns + 1.8), hspace=0.45, wspace=0.3)
     return _save(fig, path)

@@ -89,36 +89,57 @@ def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
     if retrain is None:
         lines += [f"_{NO_ORACLE}_", ""]
+    gaps = {
+        id(record): as_number(oracle_gap(record.get("metrics") or {}, retrain.get("metrics") or {})["mean"])
+        for record in ordered
+        if retrain is not None
+    }
+    candidates = [gaps[id(r)] for r in ordered if r.get("method") not in ("original", "retrain") and gaps.get(id(r)) is not None]
+    best = min(candidates) if candidates else None
     headers = ["method"] + [h for h, _, _ in COLUMNS] + ["oracle gap"]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
     for record in ordered:
         metrics = record.get("metrics") or {}
-        cells = [_cell(record.get("method", "?"))]
+        name = _cell(record.get("method", "?"))
+        gap = gaps.get(id(record))
+        closest = best is not None and gap == best and record.get("method") not in ("original", "retrain")
+        cells = [f"**{name}**" if closest else name]
         cells += [_fmt(metrics.get(key), decimals) for _, key, decimals in COLUMNS]
-        if retrain is None:
-            cells.append("n/a")
-        else:
-            cells.append(_fmt(oracle_gap(metrics, retrain.get("metrics") or {})["mean"], 3))
+        cells.append("n/a" if retrain is None else (f"**{_fmt(gap, 3)}**" if closest else _fmt(gap, 3)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+FIGURE_CAPTIONS = {
+    "alignment": "Alignment audit: similarity of forget images (rows) to captions (columns); a bright diagonal "
+    "block means the pairs are still remembered. For concept requests the lower-right block holds retain pairs "
+    "for contrast, and the gap compares a forget image's own caption with other concepts' captions.",
+    "d0": "Distance of the forget images to the origin of the hyperboloid (generic concepts live near the "
+    "origin, specific ones far from it).",
+    "disk": "Test images on the Poincare disk (first two spatial axes), before and after unlearning, coloured by class.",
+    "scatter": "Zero-shot test accuracy on the forgotten concepts against the retained ones; the best methods "
+    "sit next to the retrain star.",
+}
+
+GUIDE = (
+    "How to read: an unlearning method succeeds when its **test forget %** falls to the retrained oracle's, "
+    "its **test retain %** stays near the original's, and its **MIA AUC** and **alignment gap** match the "
+    "oracle's (an AUC near 0.5 means the forget pairs look like unseen data). The oracle gap is the mean of "
+    "|method - retrain| over train/test forget/retain accuracy (percent) and MIA AUC: lower is closer to "
+    "retraining; the closest method of each table is in bold."
+)
 
 
 def render_report(results: Mapping[str, Any], figures: Sequence[str] | None = None) -> str:
     """The markdown report of a results document (see :mod:`vlunlearn.report`).
 
     ``figures`` are paths relative to the report's folder (``figures/...png``) that
-    :func:`vlunlearn.report.writer.write_report` produced; they are linked in a "Figures"
-    section. Missing metrics show as ``–``.
+    :func:`vlunlearn.report.writer.write_report` produced; they are shown in a "Figures"
+    section, each with a caption chosen by its file name's prefix. Missing metrics show as ``–``.
     """
-    lines = ["# vlunlearn results", "", _summary(results), ""]
+    lines = ["# vlunlearn results", "", _summary(results), "", GUIDE, ""]
     records = results.get("records") or []
-    lines += [
-        "Accuracies are zero-shot top-1 in percent; the oracle gap is the mean of "
-        "|unlearned - retrain| over train/test forget/retain accuracy and MIA AUC "
-        "(lower is closer to the retrained oracle).",
-        "",
-    ]
     if not records:
         lines += ["_No records._", ""]
     for (model, geometry, forget), group in group_records(records).items():
@@ -130,9 +151,11 @@ def render_report(results: Mapping[str, Any], figures: Sequence[str] | None = No
     if figures:
         for figure in figures:
             name = str(figure).replace("\\", "/")
-            lines.append(f"- [{name.rsplit('/', 1)[-1]}]({name})")
-            lines.append(f"  ![{name.rsplit('/', 1)[-1]}]({name})")
+            stem = name.rsplit("/", 1)[-1]
+            caption = FIGURE_CAPTIONS.get(stem.split("_", 1)[0].removesuffix(".png"), "")
+            lines += [f"### {stem}", "", f"![{stem}]({name})", ""]
+            if caption:
+                lines += [f"_{caption}_", ""]
     else:
-        lines.append("_No figures were produced._")
-    lines.append("")
+        lines += ["_No figures were produced._", ""]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlunlearn.errors import VlunlearnError
+from vlunlearn.evaluation.oracle import as_number
 from vlunlearn.io import atomic_write_text
 from vlunlearn.report.markdown import group_records, order_methods, render_report
 from vlunlearn.runs import SCHEMA_VERSION, write_json
@@ -45,20 +46,27 @@ def _methods(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in records if r.get("method") not in ("original", "retrain")]
 
 
-def _alignment_panels(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """original, retrain, then ac/hac when present, else the first method: at most 4 panels."""
+def _alignment_panels(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, float], int | None]:
+    """original, retrain, then ac/hac when present, else the first method: at most 4 panels.
+
+    Returns (name -> matrix, name -> recorded alignment gap, forget rows of the matrices)."""
     with_matrix = [r for r in order_methods(records) if _has(r, "alignment_matrix")]
     chosen = [r for r in with_matrix if r.get("method") in ("original", "retrain")]
     others = _methods(with_matrix)
     preferred = [r for r in others if r.get("method") in _UNLEARN_PREFERRED]
     chosen += preferred if preferred else others[:1]
     panels: dict[str, Any] = {}
+    gaps: dict[str, float] = {}
     for record in chosen[:4]:
         name = str(record.get("method"))
         while name in panels:
             name += "'"
         panels[name] = _artifact(record, "alignment_matrix")
-    return panels
+        gap = as_number((record.get("metrics") or {}).get("alignment_gap"))
+        if gap is not None:
+            gaps[name] = gap
+    forget_rows = _artifact(chosen[0], "alignment_forget_rows") if chosen else None
+    return panels, gaps, forget_rows
 
 
 def _disk_panels(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,10 +138,12 @@ def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
 
         for (model, geometry, forget), group in group_records(records).items():
             label = f"{model} · {geometry} · forget {', '.join(forget) or '(nothing)'}"
-            panels = _alignment_panels(group)
+            panels, gaps, forget_rows = _alignment_panels(group)
             if panels:
                 path = name_for("alignment", model, geometry, forget)
-                figure_paths.append(fig.alignment_heatmaps(panels, path, f"Alignment audit: {label}"))
+                figure_paths.append(
+                    fig.alignment_heatmaps(panels, path, f"Alignment audit: {label}", gaps=gaps, forget_rows=forget_rows)
+                )
             if geometry == "lorentz":
                 d0 = {str(r.get("method")): _artifact(r, "image_d0") for r in order_methods(group) if _has(r, "image_d0")}
                 if d0:
