@@ -379,22 +379,65 @@ def test_resume_without_a_saved_state_starts_from_scratch(digits64, tokenizer, t
     assert _state_equal(a.state_dict(), b.state_dict())
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_a_non_finite_loss_raises_training_error(bad):
-    model = build_model("tiny", "euclidean")
-    snapshot = {}
+def _faulty_objective(bad_steps: set[int], bad: float = float("nan"), seen: list | None = None):
+    """A smooth loss of the logit scale that is ``bad`` the first time each step of ``bad_steps`` runs."""
+    remaining = set(bad_steps)
 
     def objective(m, step):
-        loss = m.logit_scale * 1.0
-        if step == 2:
-            snapshot.update({k: v.clone() for k, v in m.state_dict().items()})
+        loss = (m.logit_scale - 1.0) ** 2 + sum((p**2).sum() for p in m.visual_proj.parameters()) * 1e-3
+        if seen is not None:
+            seen.append(step)
+        if step in remaining:
+            remaining.discard(step)
             loss = loss * bad
         return StepOutput(loss)
 
+    return objective
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_loss_restores_the_last_good_state_and_halves_the_lr(bad):
+    torch.manual_seed(0)
+    model = build_model("tiny", "euclidean")
+    steps: list[int] = []
+    config = OptimConfig(steps=6, lr=1e-2, cosine=False, snapshot_every=2)
+    with pytest.warns(UserWarning, match="non-finite loss or gradient at step 3; restored the state of step 2"):
+        result = train(model, _faulty_objective({3}, bad, steps), config, progress=False, log_every=1)
+    # steps 0-2 ran, step 3 faulted, the snapshot of step 2 was restored and steps 2-5 ran again
+    assert steps == [0, 1, 2, 3, 2, 3, 4, 5]
+    assert result.steps == 6 and len(result.faults) == 1
+    assert result.faults[0]["step"] == 3 and result.faults[0]["restored_step"] == 2
+    assert not math.isfinite(result.faults[0]["loss"])
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 5e-3, 5e-3])
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_second_fault_stops_the_run_and_saves_the_last_good_state(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("tiny", "euclidean")
+    state = tmp_path / "state.pt"
+    config = OptimConfig(steps=8, lr=1e-2, snapshot_every=1)
+    with pytest.warns(UserWarning), pytest.raises(TrainingError, match=r"step 2, 5\).*last good state \(step 5\)"):
+        train(model, _faulty_objective({2, 5}), config, state_path=state, progress=False)
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 5 and saved["lr_scale"] == 0.5
+    assert _state_equal(saved["model"], model.state_dict())  # the model is left in its last good state
+
+
+def test_without_snapshots_the_first_fault_stops_before_touching_the_weights():
+    torch.manual_seed(0)
+    model = build_model("tiny", "euclidean")
+    before: dict = {}
+
+    def objective(m, step):
+        if step == 2:
+            before.update({k: v.clone() for k, v in m.state_dict().items()})
+            return StepOutput(m.logit_scale * float("nan"))
+        return StepOutput(m.logit_scale * 1.0)
+
     with pytest.raises(TrainingError, match="step 2"):
-        train(model, objective, OptimConfig(steps=5, lr=1e-2), progress=False)
-    # the bad step raised before touching the weights
-    assert _state_equal(model.state_dict(), snapshot)
+        train(model, objective, OptimConfig(steps=5, lr=1e-2, snapshot_every=0), progress=False)
+    assert _state_equal(model.state_dict(), before)
 
 
 def test_the_loss_decreases_on_digits(digits_train, tokenizer):

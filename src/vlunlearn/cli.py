@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlunlearn.errors import VlunlearnError
+from vlunlearn.errors import RunInterrupted, VlunlearnError
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
@@ -69,8 +69,9 @@ def _unlearn_command(args: argparse.Namespace) -> int:
     request = _request(args)
     overrides = dict(_key_value(item) for item in args.set)
     record = unlearn_run(
-        Path(args.checkpoint), args.data, request, args.method, Path(args.out),
-        overrides=overrides, epochs=args.epochs, early_stop_target=args.early_stop, progress=not args.quiet,
+        Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
+        test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
+        progress=not args.quiet,
     )
     after = record["metrics"]["unlearned"]
     print(
@@ -86,7 +87,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     request = _request(args) if (args.forget or args.forget_ids) else None
     results = evaluate_run(
-        [Path(c) for c in args.checkpoint], args.data, Path(args.out), request=request,
+        [Path(c) for c in args.checkpoint], args.data, Path(args.out), test_data=args.test_data, request=request,
         original=Path(args.original) if args.original else None, retrain=Path(args.retrain) if args.retrain else None,
         seed=args.seed, progress=not args.quiet,
     )
@@ -113,6 +114,17 @@ def _key_value(item: str) -> tuple[str, str]:
 
 def _steps(args: argparse.Namespace) -> dict:
     return {} if args.steps is None else {"steps": args.steps}
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlunlearn.data.builtin import BUILTIN_DATASETS
+
+    parser.add_argument(
+        "--data", default="fashion-mnist", metavar="NAME|FILE",
+        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or an annotation file (CSV/JSONL: path, caption, "
+        "concepts, id) whose image paths are relative to its folder",
+    )
+    parser.add_argument("--test-data", metavar="FILE", help="held-out annotation file, with a user's --data FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     unlearn = commands.add_parser("unlearn", help="make a trained model forget concepts or samples")
     unlearn.add_argument("--checkpoint", required=True, help="model folder or MERU-format .pth (never modified)")
-    unlearn.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
+    _data_arguments(unlearn)
     unlearn.add_argument("--forget", action="append", metavar="CONCEPT", help="concept to forget (repeatable)")
     unlearn.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids to forget, one per line")
     unlearn.add_argument("--method", default="hac", help="unlearning method, or 'retrain' for the oracle")
@@ -153,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--epochs", type=float, help="budget in passes over D_f (instead of the method's steps)")
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when D_f accuracy falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
+    unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     unlearn.add_argument("--quiet", action="store_true", help="no progress bars")
     unlearn.set_defaults(func=_unlearn_command)
 
@@ -166,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--original", metavar="PATH", help="the model before unlearning (default: the one recorded)")
     evaluate.add_argument("--retrain", metavar="PATH", help="the retrained oracle (default: none, or a --checkpoint "
                           "made with --method retrain)")
-    evaluate.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
+    _data_arguments(evaluate)
     evaluate.add_argument("--forget", action="append", metavar="CONCEPT", help="default: the request recorded")
     evaluate.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids, one per line")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the audit and MIA samples")
@@ -185,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except RunInterrupted as interruption:
+        print(f"vlunlearn: interrupted: {interruption}", file=sys.stderr)
+        return 130
     except (VlunlearnError, ValueError) as error:
         print(f"vlunlearn: error: {error}", file=sys.stderr)
         return 2

@@ -19,3 +19,7 @@ class CheckpointError(VlunlearnError, ValueError):
 
 class TrainingError(VlunlearnError, RuntimeError):
     """Training cannot go on (for example the loss stayed non-finite)."""
+
+
+class RunInterrupted(VlunlearnError):
+    """A run was stopped by SIGINT or SIGTERM; its training state was saved when it could be."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ class UnlearnRecord:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    faults: list[dict[str, float]] = field(default_factory=list)
 
 
 def unlearn(
@@ -59,6 +61,9 @@ def unlearn(
     early_stop: EarlyStop | None = None,
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
+    state_path: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
     **overrides: Any,
 ) -> tuple[ContrastiveModel, UnlearnRecord]:
     """Make a copy of ``model`` forget what ``request`` names; ``model`` itself is not modified.
@@ -72,6 +77,9 @@ def unlearn(
             built-in recipe for the model's configuration and geometry).
         early_stop: optional stop when forget accuracy on a D_f slice reaches a target.
         epochs: budget in passes over D_f, replacing the config's ``steps``.
+        state_path: file for training-state checkpoints, written every ``checkpoint_every``
+            steps (default: a tenth of the run) and on SIGINT/SIGTERM.
+        resume: continue from ``state_path``; the result equals an uninterrupted run's.
         overrides: settings of the method's config, e.g. ``steps=30, alpha=2.0``.
 
     Returns:
@@ -79,9 +87,15 @@ def unlearn(
     """
     tokenizer = tokenizer or Tokenizer()
     splits = request if isinstance(request, UnlearningSplits) else _splits(request, data)
+    saving = {"state_path": state_path, "resume": resume, "checkpoint_every": checkpoint_every}
     if method == ORACLE:
-        retrained, result, recipe = retrain(model, splits.retain, recipe, overrides, tokenizer=tokenizer, progress=progress)
-        record = UnlearnRecord(ORACLE, recipe.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history)
+        retrained, result, recipe = retrain(
+            model, splits.retain, recipe, overrides, tokenizer=tokenizer, progress=progress, **saving
+        )
+        record = UnlearnRecord(
+            ORACLE, recipe.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
+            faults=result.faults,
+        )
         return retrained, record
 
     method_class = get_method(method)
@@ -104,13 +118,17 @@ def unlearn(
         PairSampler(splits.forget, tokens, config.forget_batch_size, config.seed + 1),
     )
     optim = OptimConfig(
-        steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, cosine=False
+        steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+        cosine=False, checkpoint_every=checkpoint_every or max(1, config.steps // 10),
     )
     should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
-    result = train(unlearned, objective, optim, description=f"unlearn {method}", progress=progress, should_stop=should_stop)
+    result = train(
+        unlearned, objective, optim, description=f"unlearn {method}", progress=progress, should_stop=should_stop,
+        state_path=state_path, resume=resume,
+    )
     record = UnlearnRecord(
         method, config.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
-        stopped_early=result.steps < config.steps,
+        stopped_early=result.steps < config.steps, faults=result.faults,
     )
     return unlearned, record
 

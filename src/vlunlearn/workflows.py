@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vlunlearn.errors import VlunlearnError
-from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.errors import DataError, VlunlearnError
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_builtin, load_image_text_folder, make_splits
+from vlunlearn.data.builtin import BUILTIN_DATASETS
 from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.models import load_any, read_metadata, save_model
@@ -65,6 +66,29 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
     return record
 
 
+def load_data(data: str, test_data: str | None, model_config, seed: int = 0) -> tuple[PairDataset, PairDataset]:
+    """The train and test data of a run: a built-in dataset by name, or a user's annotation
+    file (CSV/JSONL, image paths relative to its folder) with its held-out split in ``test_data``.
+
+    Users' images are read at the model's input size and channel count.
+    """
+    if data in BUILTIN_DATASETS:
+        if test_data is not None:
+            raise DataError(f"--test-data is for a user's annotation file; the built-in {data!r} has its own test split")
+        return load_builtin(data, "train", seed=seed), load_builtin(data, "test", seed=seed)
+    path = Path(data)
+    if not path.is_file():
+        raise DataError(
+            f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor an annotation file"
+        )
+    if test_data is None:
+        raise DataError(f"--data {data} is a user's annotation file: give its held-out split with --test-data FILE")
+    size, channels = model_config.image_size, len(model_config.pixel_mean)
+    train_data = load_image_text_folder(path.parent, path, size, channels=channels)
+    test_path = Path(test_data)
+    return train_data, load_image_text_folder(test_path.parent, test_path, size, channels=channels)
+
+
 def unlearn_run(
     checkpoint: Path,
     data_name: str,
@@ -73,28 +97,35 @@ def unlearn_run(
     out: Path,
     *,
     overrides: dict[str, str],
+    test_data: str | None = None,
     epochs: float | None = None,
     early_stop_target: float | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Unlearn ``request`` from the model at ``checkpoint`` (never modified) and write ``out``.
 
     ``out`` receives ``model/`` (the unlearned model, whose metadata keeps the pretraining
     recipe) and ``results.json`` (request, method config, budget, data hash, versions, and
-    zero-shot accuracy on the forget/retain splits before and after).
+    zero-shot accuracy on the forget/retain splits before and after). Every input is checked
+    before ``out`` is created; the training state is kept in ``out`` while the run goes on, so
+    an interrupted run continues with ``resume=True`` and ends with the same model.
     """
-    out = check_new_run_folder(out)
+    out = check_new_run_folder(out, resume=resume)
+    if resume and (out / "results.json").exists():
+        raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
     model = load_any(checkpoint)
     metadata = read_metadata(checkpoint) if Path(checkpoint).is_dir() else {}
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
     seed = recipe.seed if recipe is not None else 0
-    train_data = load_builtin(data_name, "train", seed=seed)
-    splits = make_splits(train_data, load_builtin(data_name, "test", seed=seed), request)
+    train_data, test_split = load_data(data_name, test_data, model.config, seed=seed)
+    splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
     early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
+    state_path = out / STATE_FILE
     unlearned, record = unlearn(
         model, splits, method, recipe=recipe, epochs=epochs, early_stop=early_stop,
-        tokenizer=tokenizer, progress=progress, **overrides,
+        tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume, **overrides,
     )
     result = {
         "kind": "unlearn",
@@ -108,19 +139,23 @@ def unlearn_run(
         "config": record.config,
         "seed": record.config.get("seed"),
         "environment": environment(),
-        "run": {"steps": record.steps, "seconds": record.seconds, "stopped_early": record.stopped_early},
+        "run": {
+            "steps": record.steps, "seconds": record.seconds, "stopped_early": record.stopped_early,
+            "faults": record.faults,
+        },
         "metrics": {
             "original": evaluate_splits(model, splits, tokenizer),
             "unlearned": evaluate_splits(unlearned, splits, tokenizer),
         },
         "history": record.history,
     }
-    out = create_run_folder(out)
+    out = create_run_folder(out, resume=True)  # exists already when a training state was saved
     provenance = {k: result[k] for k in ("request", "method", "config", "run")}
     provenance["source_checkpoint"] = str(Path(checkpoint).resolve())
     inherited = {k: v for k, v in metadata.items() if k != "run"}  # "run" is the cost of the pretraining
     save_model(unlearned, out / "model", metadata={**inherited, "unlearn": provenance})
     write_json(out / "results.json", result)
+    state_path.unlink(missing_ok=True)
     return result
 
 
@@ -237,6 +272,7 @@ def evaluate_run(
     data_name: str,
     out: Path,
     *,
+    test_data: str | None = None,
     request: UnlearningRequest | None = None,
     original: Path | None = None,
     retrain: Path | None = None,
@@ -268,8 +304,8 @@ def evaluate_run(
     if original is None:
         source = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
         original = source if source is not None and source.exists() else None
-    train_data, test_data = load_builtin(data_name, "train", seed=seed), load_builtin(data_name, "test", seed=seed)
-    splits = make_splits(train_data, test_data, request)
+    train_data, test_split = load_data(data_name, test_data, load_any(checkpoints[0]).config, seed=seed)
+    splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
 
     entries: list[tuple[str, Path]] = [("original", Path(original))] if original is not None else []
@@ -285,7 +321,8 @@ def evaluate_run(
         if group and model.config.geometry != group[0]["geometry"]:
             raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {group[0]['geometry']}")
         cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
-        group.append({**evaluation_record(model, method, splits, test_data, tokenizer, seed=seed, cost=cost), "checkpoint": str(path)})
+        record = evaluation_record(model, method, splits, test_split, tokenizer, seed=seed, cost=cost)
+        group.append({**record, "checkpoint": str(path)})
     results = {
         "kind": "evaluate",
         "config": {"data": data_name, "seed": seed, "request": request.describe()},

@@ -34,7 +34,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 def load_image_text_folder(
-    root: str | Path, annotations: str | Path, image_size: int, name: str | None = None
+    root: str | Path, annotations: str | Path, image_size: int, name: str | None = None, channels: int = 3
 ) -> PairDataset:
     """Read image-text pairs described by an annotation file.
 
@@ -45,9 +45,10 @@ def load_image_text_folder(
         image_size: images are converted to RGB, resized so that the shorter side is
             ``image_size`` (bicubic) and centre-cropped to ``image_size`` x ``image_size``.
         name: the dataset's name (default: the annotation file's stem).
+        channels: 3 (RGB) or 1 (greyscale), the input channels of the model.
 
     Returns:
-        A ``PairDataset`` with uint8 ``(N, 3, image_size, image_size)`` images and one caption
+        A ``PairDataset`` with uint8 ``(N, channels, image_size, image_size)`` images and one caption
         per item. ``class_names`` are the sorted distinct concepts; an item's label is the
         index of its concept when it has exactly one, else -1.
 
@@ -57,6 +58,8 @@ def load_image_text_folder(
     """
     if int(image_size) < 1:
         raise DataError(f"image_size must be a positive integer, not {image_size!r}")
+    if channels not in (1, 3):
+        raise DataError(f"images have 1 or 3 channels, not {channels!r}")
     root = Path(root)
     path = _find_annotations(root, Path(annotations))
     suffix = path.suffix.lower()
@@ -78,7 +81,8 @@ def load_image_text_folder(
             )
         first_line[record["id"]] = line
 
-    images = torch.stack([_read_image(root, path, line, record["path"], int(image_size)) for line, record in rows])
+    mode = "RGB" if channels == 3 else "L"
+    images = torch.stack([_read_image(root, path, line, record["path"], int(image_size), mode) for line, record in rows])
     concepts = [frozenset(record["concepts"]) for _, record in rows]
     class_names = tuple(sorted(set().union(*concepts)))
     index = {c: k for k, c in enumerate(class_names)}
@@ -170,7 +174,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: int) -> torch.Tensor:
+def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: int, mode: str) -> torch.Tensor:
     where = f"{annotations}, line {line}"
     file = Path(raw_path)
     file = file if file.is_absolute() else root / file
@@ -178,7 +182,7 @@ def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: i
         raise DataError(f"{where}: image file not found: {file}")
     try:
         with Image.open(file) as image:
-            image = image.convert("RGB")
+            image = image.convert(mode)
             width, height = image.size
             scale = size / min(width, height)
             new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -189,4 +193,5 @@ def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: i
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{where}: cannot read image {file}: {error}") from error
+    array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

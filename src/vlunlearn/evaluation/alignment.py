@@ -120,6 +120,11 @@ def alignment_gap_matrix(matrix: Tensor, reference: Tensor) -> Tensor:
     return matrix - reference
 
 
+def _by_caption(data: PairDataset, index: Tensor) -> Tensor:
+    captions = data.canonical_captions(index)
+    return index[sorted(range(len(index)), key=lambda k: captions[k])]
+
+
 def alignment_audit(
     model,
     data: PairDataset,
@@ -132,19 +137,18 @@ def alignment_audit(
 
     Without ``contrast``, the matrix covers up to ``max_pairs`` pairs of ``data``. With
     ``contrast`` (for a concept request: retain pairs), up to ``max_pairs // 2`` pairs of
-    ``data`` come first and contrast pairs, grouped by caption, fill the rest; the gap is then taken over the
+    ``data`` come first and contrast pairs fill the rest, each part grouped by caption; the gap is then taken over the
     ``data`` rows only. In both cases entries whose caption equals the row's caption are not
     mismatches (see the module docstring). Returns ``{"matrix": [[float]] (row = image,
     column = caption), "gap": float (NaN when no mismatched pair exists), "n": int,
     "n_forget": int (rows that belong to ``data``), "ids": [str], "captions": [str]}``.
     """
-    own_pairs = max_pairs if contrast is None else max(1, max_pairs // 2)
-    parts = [(data, alignment_selection(len(data), own_pairs, seed))]
-    if contrast is not None:
-        room = max_pairs - len(parts[0][1])
-        index = alignment_selection(len(contrast), max(room, 1), seed)
-        by_caption = sorted(range(len(index)), key=lambda k: contrast.canonical_captions(index[k : k + 1])[0])
-        parts.append((contrast, index[by_caption]))  # grouped by caption: concepts show as blocks
+    if contrast is None:
+        parts = [(data, alignment_selection(len(data), max_pairs, seed))]
+    else:  # both parts grouped by caption, so that concepts show as blocks
+        own = _by_caption(data, alignment_selection(len(data), max(1, max_pairs // 2), seed))
+        room = max(1, max_pairs - len(own))
+        parts = [(data, own), (contrast, _by_caption(contrast, alignment_selection(len(contrast), room, seed)))]
     subsets = [source.subset(index) for source, index in parts]
     captions = [caption for subset in subsets for caption in subset.canonical_captions()]
     ids = [source.ids[i] for source, index in parts for i in index.tolist()]

@@ -8,6 +8,7 @@ Every other method is judged by how close it comes to this model. It is not a lo
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from vlunlearn.data import PairDataset, Tokenizer
@@ -27,14 +28,22 @@ def retrain(
     *,
     tokenizer: Tokenizer,
     progress: bool,
+    state_path: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int | None = None,
 ) -> tuple[ContrastiveModel, TrainResult, PretrainConfig]:
     """Pretrain a new model like ``model`` on ``retain``.
 
     ``recipe`` is how ``model`` was pretrained (default: the built-in recipe for its
     configuration and geometry); ``overrides`` change recipe fields, e.g. ``seed``.
+    ``state_path``/``resume``/``checkpoint_every`` (default: a tenth of the run) as in
+    :func:`vlunlearn.training.loop.train`.
     """
     recipe = recipe or PretrainConfig(model=model.config.name, geometry=model.config.geometry)
     recipe = replace(recipe, **make_config_values(PretrainConfig, overrides))
-    retrained, result = pretrain(recipe, retain, tokenizer=tokenizer, progress=progress)
+    retrained, result = pretrain(
+        recipe, retain, tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume,
+        checkpoint_every=checkpoint_every or max(1, recipe.steps // 10),
+    )
     return retrained, result, recipe
 

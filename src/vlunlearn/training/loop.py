@@ -5,21 +5,36 @@ The loop knows nothing about data or losses. An *objective* is a callable
 own deterministic samplers and returns the loss. The loop owns the optimizer
 (AdamW), the schedule (linear warm-up, then cosine), gradient clipping, the
 progress bar, periodic training-state checkpoints and exact resumption.
+
+Nothing is lost:
+- SIGINT or SIGTERM stops training at the next step boundary, saves the training state
+  (when a ``state_path`` is given) and raises :class:`~vlunlearn.errors.RunInterrupted`;
+  a second signal interrupts at once. ``resume=True`` then ends with the same weights as an
+  uninterrupted run, because batches depend only on the step.
+- A non-finite loss or gradient norm skips the step, restores the last good state (kept in
+  memory every ``snapshot_every`` steps), halves the learning rate for the rest of the run
+  and records the fault; a second fault stops the run with a :class:`TrainingError` after
+  saving the last good state to ``state_path``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import signal
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vlunlearn.errors import CheckpointError, TrainingError
+from vlunlearn.errors import CheckpointError, RunInterrupted, TrainingError
 from vlunlearn.io import atomic_path
 
 # Scalars that MERU and CLIP exclude from weight decay, besides norms and biases.
@@ -51,6 +66,10 @@ class OptimConfig:
         cosine: decay to 0 by a half cosine after warm-up; otherwise constant.
         grad_clip: maximum gradient norm, 0 to disable.
         checkpoint_every: save the training state every this many steps (0: never).
+        snapshot_every: keep an in-memory copy of the model and optimizer state every this
+            many steps, restored after a non-finite loss (0: no recovery, a fault stops the
+            run). Every step by default: cheap for the built-in models; for large models on
+            small accelerators a larger value saves time and memory.
     """
 
     steps: int
@@ -61,6 +80,7 @@ class OptimConfig:
     cosine: bool = True
     grad_clip: float = 1.0
     checkpoint_every: int = 0
+    snapshot_every: int = 1
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -85,6 +105,7 @@ class TrainResult:
     final_logs: dict[str, float]
     history: list[dict[str, float]]
     resumed_from: int = 0
+    faults: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,61 +139,149 @@ def train(
     """Minimise ``objective`` over ``model`` in place.
 
     Args:
-        state_path: file for periodic training-state checkpoints (model, optimizer,
-            step); required when ``config.checkpoint_every`` > 0 or ``resume``.
+        state_path: file for training-state checkpoints (model, optimizer, step), written
+            every ``config.checkpoint_every`` steps, on SIGINT/SIGTERM and before stopping on
+            a repeated numerical fault; needed for ``resume``.
         resume: continue from ``state_path`` if it exists. Because batches depend only on
             the step, a resumed run ends with the same weights as an uninterrupted one.
         should_stop: called after each step with the number of steps done; ``True`` ends
             training early (for example when a forget-accuracy target is reached).
+
+    Raises:
+        RunInterrupted: on SIGINT or SIGTERM (the state is saved first when possible).
+        TrainingError: on a second non-finite loss or gradient.
     """
+    lr_scale = [1.0]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_scale[0] * config.lr_factor(s))
     start = 0
     if resume and state_path is not None and state_path.exists():
-        start = _load_state(state_path, model, optimizer, scheduler)
+        start, lr_scale[0] = _load_state(state_path, model, optimizer, scheduler)
     history: list[dict[str, float]] = []
+    faults: list[dict[str, float]] = []
     logs: dict[str, float] = {}
+    snapshot = _snapshot(model, optimizer, scheduler, start) if config.snapshot_every else None
     steps_done = config.steps
     started = time.perf_counter()
-    bar = tqdm(range(start, config.steps), desc=description, disable=not progress, initial=start, total=config.steps)
-    for step in bar:
-        model.train()
-        model.clamp_scalars_()
-        output = objective(model, step)
-        if not torch.isfinite(output.loss):
-            raise TrainingError(f"{description}: the loss became {output.loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        logs = {"step": step + 1, "loss": output.loss.item(), **output.logs, "lr": scheduler.get_last_lr()[0]}
-        if (step + 1) % log_every == 0 or step + 1 == config.steps:
-            history.append(logs)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if state_path is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            _save_state(state_path, model, optimizer, scheduler, step + 1)
-        if should_stop is not None and should_stop(step + 1):
-            steps_done = step + 1
-            break
+    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress)
+    step = start
+    with _stop_requests() as pending_signal:
+        while step < config.steps:
+            model.train()
+            model.clamp_scalars_()
+            output = objective(model, step)
+            optimizer.zero_grad(set_to_none=True)
+            grad_norm = math.nan
+            if torch.isfinite(output.loss):
+                output.loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
+            if not (math.isfinite(output.loss.item()) and math.isfinite(grad_norm)):
+                faults.append({"step": step, "loss": output.loss.item(), "grad_norm": grad_norm})
+                if len(faults) > 1 or snapshot is None:
+                    _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler)
+                step = _restore(snapshot, model, optimizer, scheduler)
+                history = [entry for entry in history if entry["step"] <= step]
+                lr_scale[0] *= 0.5
+                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base * lr_scale[0] * config.lr_factor(step)
+                faults[-1]["restored_step"] = step
+                warnings.warn(
+                    f"{description}: non-finite loss or gradient at step {faults[-1]['step']}; restored the state "
+                    f"of step {step} and halved the learning rate (a second fault stops the run)",
+                    stacklevel=2,
+                )
+                bar.n = step
+                continue
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            logs = {"step": step, "loss": output.loss.item(), **output.logs, "lr": scheduler.get_last_lr()[0]}
+            if step % log_every == 0 or step == config.steps:
+                history.append(logs)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            if config.snapshot_every and step % config.snapshot_every == 0:
+                snapshot = _snapshot(model, optimizer, scheduler, step, lr_scale[0])
+            if state_path is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                _save_state(state_path, model, optimizer, scheduler, step, lr_scale[0])
+            if pending_signal() is not None:
+                bar.close()
+                where = "no training state is kept"
+                if state_path is not None:
+                    _save_state(state_path, model, optimizer, scheduler, step, lr_scale[0])
+                    where = f"the training state is saved in {state_path}; rerun the same command with --resume"
+                raise RunInterrupted(f"{description}: stopped by {pending_signal()} after step {step}; {where}")
+            if should_stop is not None and should_stop(step):
+                steps_done = step
+                break
     bar.close()
     model.eval()
-    return TrainResult(steps_done, time.perf_counter() - started, logs, history, start)
+    return TrainResult(steps_done, time.perf_counter() - started, logs, history, start, faults)
 
 
-def _save_state(path: Path, model: nn.Module, optimizer, scheduler, step: int) -> None:
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], str | None]]:
+    """While active, SIGINT and SIGTERM ask training to stop at the next step boundary; a
+    second signal raises ``KeyboardInterrupt`` at once. Yields a function that returns the
+    name of the first signal received, or ``None``. Outside the main thread, does nothing."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def request_stop(signum, frame) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler) -> None:
+    steps = ", ".join(str(int(f["step"])) for f in faults)
+    message = f"{description}: the loss or its gradient was not finite (at step {steps})"
+    if snapshot is not None and state_path is not None:
+        _restore(snapshot, model, optimizer, scheduler)
+        _save_state(state_path, model, optimizer, scheduler, snapshot["step"], snapshot["lr_scale"])
+        message += f"; the last good state (step {snapshot['step']}) is saved in {state_path}"
+    raise TrainingError(message + "; lower the learning rate (--set lr=...) and rerun")
+
+
+def _snapshot(model: nn.Module, optimizer, scheduler, step: int, lr_scale: float = 1.0) -> dict:
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "scheduler": copy.deepcopy(scheduler.state_dict()),
+        "step": step,
+        "lr_scale": lr_scale,
+    }
+
+
+def _restore(snapshot: dict, model: nn.Module, optimizer, scheduler) -> int:
+    model.load_state_dict(snapshot["model"])
+    optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+    scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
+    return snapshot["step"]
+
+
+def _save_state(path: Path, model: nn.Module, optimizer, scheduler, step: int, lr_scale: float) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)  # a run folder appears only once training has begun
     with atomic_path(path) as tmp:
-        torch.save({**state, "step": step}, tmp)
+        torch.save({**state, "step": step, "lr_scale": lr_scale}, tmp)
 
 
-def _load_state(path: Path, model: nn.Module, optimizer, scheduler) -> int:
+def _load_state(path: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        return int(state["step"])
+        return int(state["step"]), float(state.get("lr_scale", 1.0))
     except Exception as error:  # any failure here means the state file is unusable
         raise CheckpointError(f"cannot resume from training state {path}: {error}") from error
