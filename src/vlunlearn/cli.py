@@ -17,6 +17,8 @@ def _pretrain_command(args: argparse.Namespace) -> int:
     geometry = args.geometry or ("lorentz" if args.model.startswith("meru") else "euclidean")
     config = PretrainConfig(model=args.model, geometry=geometry, seed=args.seed, **_steps(args))
     record = pretrain_run(config, args.data, Path(args.out), resume=args.resume, progress=not args.quiet)
+    if not record:  # a distributed run's other ranks: rank 0 reports
+        return 0
     accuracy = record["metrics"]["zero_shot_test"]["micro"]
     print(f"{args.model}/{geometry} on {args.data}: zero-shot test top-1 {accuracy:.2f}% -> {args.out}")
     return 0
@@ -73,6 +75,8 @@ def _unlearn_command(args: argparse.Namespace) -> int:
         test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
         progress=not args.quiet,
     )
+    if not record:  # a distributed run's other ranks: rank 0 reports
+        return 0
     after = record["metrics"]["unlearned"]
     print(
         f"{args.method}: forgot {request.describe()} in {record['run']['steps']} steps "
@@ -195,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlunlearn.training import distributed
+
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("pretrain", "unlearn") and distributed.init_from_env() and not distributed.is_main():
+            args.quiet = True
         return args.func(args)
     except RunInterrupted as interruption:
         print(f"vlunlearn: interrupted: {interruption}", file=sys.stderr)
@@ -207,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vlunlearn: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.models import load_any, read_metadata, save_model
 from vlunlearn.provenance import environment
 from vlunlearn.runs import check_new_run_folder, create_run_folder, write_json
+from vlunlearn.training import distributed
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 from vlunlearn.unlearning import EarlyStop, unlearn
 
@@ -27,7 +28,8 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
     """Pretrain on a built-in dataset, evaluate on its test split, and write ``out``.
 
     ``out`` receives ``model/`` (native checkpoint) and ``results.json``. The training
-    state is saved every epoch so that ``resume=True`` continues an interrupted run.
+    state is saved every epoch so that ``resume=True`` continues an interrupted run. In a
+    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``.
     """
     out = create_run_folder(out, resume=resume)
     if (out / "results.json").exists():
@@ -45,6 +47,8 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
         checkpoint_every=len(train_data) // config.batch_size,
         progress=progress,
     )
+    if not distributed.is_main():  # rank 0 evaluates and writes
+        return {}
     metrics = {"zero_shot_test": evaluate_zero_shot(model, test_data, tokenizer)}
     if model.geometry.hyperbolic:
         metrics["distance_to_origin"] = distance_to_origin_by_level(model, test_data, tokenizer)
@@ -109,7 +113,8 @@ def unlearn_run(
     recipe) and ``results.json`` (request, method config, budget, data hash, versions, and
     zero-shot accuracy on the forget/retain splits before and after). Every input is checked
     before ``out`` is created; the training state is kept in ``out`` while the run goes on, so
-    an interrupted run continues with ``resume=True`` and ends with the same model.
+    an interrupted run continues with ``resume=True`` and ends with the same model. In a
+    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``.
     """
     out = check_new_run_folder(out, resume=resume)
     if resume and (out / "results.json").exists():
@@ -127,6 +132,8 @@ def unlearn_run(
         model, splits, method, recipe=recipe, epochs=epochs, early_stop=early_stop,
         tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume, **overrides,
     )
+    if not distributed.is_main():  # rank 0 evaluates and writes
+        return {}
     result = {
         "kind": "unlearn",
         "checkpoint": str(checkpoint),

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from vlunlearn.methods.base import MethodConfig, UnlearningMethod, derangement, encode, register
 from vlunlearn.training.batches import PairBatch, step_generator
+from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
 from vlunlearn.training.losses import contrastive_logits, pairwise_contrastive_loss
 
@@ -66,7 +67,7 @@ class AlignmentCalibration(UnlearningMethod):
         """Embeddings of the mismatched partner caption of every forget pair. ``(B_f, D)``."""
         if self.config.partner_pool == "forget":
             return forget_text[derangement(len(forget_text), step_generator(self.config.seed, step, 13))]
-        return model.encode_text(self.context.random_retain_tokens(len(forget_text), step, salt=13))
+        return data_parallel(model.encode_text, self.context.random_retain_tokens(len(forget_text), step, salt=13))
 
     def calibration(
         self, model, retain: PairBatch, forget: PairBatch, step: int

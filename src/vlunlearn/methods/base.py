@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from vlunlearn.training.batches import PairBatch, PairSampler, TokenCache, step_generator
+from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
 
 
@@ -178,11 +179,11 @@ def derangement(n: int, generator: torch.Generator) -> Tensor:
 
 
 def encode(model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
-    """Image and text embeddings of a batch. ``-> (B, D), (B, D)``."""
-    return model(batch.images, batch.tokens)
+    """Image and text embeddings of a batch (sharded over ranks in a distributed run). ``-> (B, D), (B, D)``."""
+    return data_parallel(model, batch.images, batch.tokens)
 
 
 @torch.no_grad()
 def encode_original(context: MethodContext, batch: PairBatch) -> tuple[Tensor, Tensor]:
     """Embeddings of a batch under the frozen original model ``f0``."""
-    return context.original(batch.images, batch.tokens)
+    return data_parallel(context.original, batch.images, batch.tokens)

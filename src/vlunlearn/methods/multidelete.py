@@ -28,6 +28,7 @@ from vlunlearn.methods.base import (
 )
 from vlunlearn.methods.ac import check_partner_pool
 from vlunlearn.training.batches import step_generator
+from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
 
 
@@ -74,7 +75,8 @@ class MultiDelete(UnlearningMethod):
             partner_text = original_forget_text[derangement(len(forget), step_generator(cfg.seed, step, 17))]
         else:
             with torch.no_grad():
-                partner_text = original.encode_text(self.context.random_retain_tokens(len(forget), step, salt=17))
+                tokens = self.context.random_retain_tokens(len(forget), step, salt=17)
+                partner_text = data_parallel(original.encode_text, tokens)
         target = geometry.paired_similarity(original_forget_image, partner_text, c0)
         decoupling = ((geometry.paired_similarity(forget_image, forget_text, c) - target) ** 2).mean()
 

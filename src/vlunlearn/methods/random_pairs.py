@@ -8,6 +8,7 @@ import torch
 
 from vlunlearn.methods.base import MethodConfig, UnlearningMethod, register
 from vlunlearn.training.batches import concat_tokens
+from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
 from vlunlearn.training.losses import contrastive_loss
 
@@ -34,6 +35,6 @@ class RandomPairs(UnlearningMethod):
         random_tokens = self.context.random_retain_tokens(len(forget), step, salt=11)
         images = torch.cat([retain.images, forget.images])
         tokens = concat_tokens(retain.tokens, random_tokens)
-        loss = contrastive_loss(model, *model(images, tokens))
+        loss = contrastive_loss(model, *data_parallel(model, images, tokens))
         return StepOutput(loss, {"contrastive": loss.item()})
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from vlunlearn.errors import CheckpointError, RunInterrupted, TrainingError
 from vlunlearn.io import atomic_path
+from vlunlearn.training import distributed
 
 # Scalars that MERU and CLIP exclude from weight decay, besides norms and biases.
 _NO_DECAY_NAMES = ("logit_scale", "curv", "visual_alpha", "textual_alpha", "cls_token", "posit_embed")
@@ -163,7 +164,7 @@ def train(
     snapshot = _snapshot(model, optimizer, scheduler, start) if config.snapshot_every else None
     steps_done = config.steps
     started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress)
+    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress or not distributed.is_main())
     step = start
     with _stop_requests() as pending_signal:
         while step < config.steps:
@@ -174,6 +175,7 @@ def train(
             grad_norm = math.nan
             if torch.isfinite(output.loss):
                 output.loss.backward()
+                distributed.average_gradients(model)
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
             if not (math.isfinite(output.loss.item()) and math.isfinite(grad_norm)):
                 faults.append({"step": step, "loss": output.loss.item(), "grad_norm": grad_norm})
@@ -270,6 +272,8 @@ def _restore(snapshot: dict, model: nn.Module, optimizer, scheduler) -> int:
 
 
 def _save_state(path: Path, model: nn.Module, optimizer, scheduler, step: int, lr_scale: float) -> None:
+    if not distributed.is_main():
+        return
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)  # a run folder appears only once training has begun
     with atomic_path(path) as tmp:

@@ -11,6 +11,7 @@ from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.models import ContrastiveModel, build_model
 from vlunlearn.provenance import seed_everything
 from vlunlearn.training.batches import PairSampler, TokenCache
+from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import OptimConfig, StepOutput, TrainResult, train
 from vlunlearn.training.losses import contrastive_loss, entailment_loss
 
@@ -63,7 +64,7 @@ class ContrastiveObjective:
 
     def __call__(self, model: nn.Module, step: int) -> StepOutput:
         batch = self.sampler.batch(step)
-        image_emb, text_emb = model(batch.images, batch.tokens)
+        image_emb, text_emb = data_parallel(model, batch.images, batch.tokens)
         loss = contrastive_loss(model, image_emb, text_emb)
         logs = {"contrastive": loss.item()}
         if model.geometry.hyperbolic and self.entail_weight > 0:
