@@ -16,7 +16,10 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
     geometry = args.geometry or ("lorentz" if args.model.startswith("meru") else "euclidean")
     config = PretrainConfig(model=args.model, geometry=geometry, seed=args.seed, **_steps(args))
-    record = pretrain_run(config, args.data, Path(args.out), resume=args.resume, progress=not args.quiet)
+    record = pretrain_run(
+        config, args.data, Path(args.out), resume=args.resume, precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing, progress=not args.quiet,
+    )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
     accuracy = record["metrics"]["zero_shot_test"]["micro"]
@@ -73,7 +76,7 @@ def _unlearn_command(args: argparse.Namespace) -> int:
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
         test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
-        progress=not args.quiet,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, progress=not args.quiet,
     )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
@@ -131,6 +134,16 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-data", metavar="FILE", help="held-out annotation file, with a user's --data FILE")
 
 
+def _compute_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="mixed precision for training (the Lorentz operations always run in float32)",
+    )
+    parser.add_argument(
+        "--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory, for ViT-L)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vlunlearn.data.builtin import BUILTIN_DATASETS
 
@@ -156,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _compute_arguments(pretrain)
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrain.set_defaults(func=_pretrain_command)
 
@@ -170,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when D_f accuracy falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _compute_arguments(unlearn)
     unlearn.add_argument("--quiet", action="store_true", help="no progress bars")
     unlearn.set_defaults(func=_unlearn_command)
 

@@ -64,6 +64,8 @@ def unlearn(
     state_path: Path | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
+    precision: str = "fp32",
+    grad_checkpointing: bool = False,
     **overrides: Any,
 ) -> tuple[ContrastiveModel, UnlearnRecord]:
     """Make a copy of ``model`` forget what ``request`` names; ``model`` itself is not modified.
@@ -80,6 +82,8 @@ def unlearn(
         state_path: file for training-state checkpoints, written every ``checkpoint_every``
             steps (default: a tenth of the run) and on SIGINT/SIGTERM.
         resume: continue from ``state_path``; the result equals an uninterrupted run's.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (mixed precision; Lorentz maths stays float32).
+        grad_checkpointing: recompute transformer activations in backward to save memory.
         overrides: settings of the method's config, e.g. ``steps=30, alpha=2.0``.
 
     Returns:
@@ -88,9 +92,10 @@ def unlearn(
     tokenizer = tokenizer or Tokenizer()
     splits = request if isinstance(request, UnlearningSplits) else _splits(request, data)
     saving = {"state_path": state_path, "resume": resume, "checkpoint_every": checkpoint_every}
+    run = {"precision": precision, "grad_checkpointing": grad_checkpointing}
     if method == ORACLE:
         retrained, result, recipe = retrain(
-            model, splits.retain, recipe, overrides, tokenizer=tokenizer, progress=progress, **saving
+            model, splits.retain, recipe, overrides, tokenizer=tokenizer, progress=progress, **saving, **run
         )
         record = UnlearnRecord(
             ORACLE, recipe.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
@@ -105,6 +110,8 @@ def unlearn(
         config = replace(config, steps=max(1, math.ceil(epochs * len(splits.forget) / forget_batch)))
     seed_everything(config.seed)
     unlearned = copy.deepcopy(model)
+    if grad_checkpointing:
+        unlearned.set_grad_checkpointing(True)
     original = copy.deepcopy(model).eval().requires_grad_(False)
     if unlearned.config.hyperbolic and not config.learn_curvature:
         unlearned.curv.requires_grad_(False)
@@ -119,7 +126,7 @@ def unlearn(
     )
     optim = OptimConfig(
         steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-        cosine=False, checkpoint_every=checkpoint_every or max(1, config.steps // 10),
+        cosine=False, checkpoint_every=checkpoint_every or max(1, config.steps // 10), precision=precision,
     )
     should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
     result = train(

@@ -14,6 +14,7 @@ from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_built
 from vlunlearn.data.builtin import BUILTIN_DATASETS
 from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
+from vlunlearn.evaluation.oracle import peak_memory
 from vlunlearn.models import load_any, read_metadata, save_model
 from vlunlearn.provenance import environment
 from vlunlearn.runs import check_new_run_folder, create_run_folder, write_json
@@ -24,7 +25,16 @@ from vlunlearn.unlearning import EarlyStop, unlearn
 STATE_FILE = "train_state.pt"
 
 
-def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: bool = False, progress: bool = True) -> dict:
+def pretrain_run(
+    config: PretrainConfig,
+    data_name: str,
+    out: Path,
+    *,
+    resume: bool = False,
+    precision: str = "fp32",
+    grad_checkpointing: bool = False,
+    progress: bool = True,
+) -> dict:
     """Pretrain on a built-in dataset, evaluate on its test split, and write ``out``.
 
     ``out`` receives ``model/`` (native checkpoint) and ``results.json``. The training
@@ -46,6 +56,8 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
         resume=resume,
         checkpoint_every=len(train_data) // config.batch_size,
         progress=progress,
+        precision=precision,
+        grad_checkpointing=grad_checkpointing,
     )
     if not distributed.is_main():  # rank 0 evaluates and writes
         return {}
@@ -60,7 +72,10 @@ def pretrain_run(config: PretrainConfig, data_name: str, out: Path, *, resume: b
         "data": {"name": data_name, "train_size": len(train_data), "train_hash": train_data.content_hash()},
         "seed": config.seed,
         "environment": environment(),
-        "training": {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from},
+        "training": {
+            "steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from,
+            "faults": result.faults, "precision": precision,
+        },
         "metrics": metrics,
         "history": result.history,
     }
@@ -105,6 +120,8 @@ def unlearn_run(
     epochs: float | None = None,
     early_stop_target: float | None = None,
     resume: bool = False,
+    precision: str = "fp32",
+    grad_checkpointing: bool = False,
     progress: bool = True,
 ) -> dict:
     """Unlearn ``request`` from the model at ``checkpoint`` (never modified) and write ``out``.
@@ -128,10 +145,12 @@ def unlearn_run(
     tokenizer = Tokenizer()
     early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
     state_path = out / STATE_FILE
-    unlearned, record = unlearn(
-        model, splits, method, recipe=recipe, epochs=epochs, early_stop=early_stop,
-        tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume, **overrides,
-    )
+    with peak_memory() as peak:
+        unlearned, record = unlearn(
+            model, splits, method, recipe=recipe, epochs=epochs, early_stop=early_stop, tokenizer=tokenizer,
+            progress=progress, state_path=state_path, resume=resume, precision=precision,
+            grad_checkpointing=grad_checkpointing, **overrides,
+        )
     if not distributed.is_main():  # rank 0 evaluates and writes
         return {}
     result = {
@@ -148,7 +167,8 @@ def unlearn_run(
         "environment": environment(),
         "run": {
             "steps": record.steps, "seconds": record.seconds, "stopped_early": record.stopped_early,
-            "faults": record.faults,
+            "faults": record.faults, "precision": precision, "grad_checkpointing": grad_checkpointing,
+            "peak_memory_bytes": peak.peak_bytes,
         },
         "metrics": {
             "original": evaluate_splits(model, splits, tokenizer),
@@ -181,7 +201,6 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
     Pretrained originals are cached under ``cache`` (default ``$XDG_CACHE_HOME/vlunlearn`` or
     ``~/.cache/vlunlearn``) keyed by data, geometry, steps and seed.
     """
-    from vlunlearn.evaluation.oracle import peak_memory
     from vlunlearn.methods import available_methods
     from vlunlearn.report import write_report
 

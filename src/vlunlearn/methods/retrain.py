@@ -31,19 +31,22 @@ def retrain(
     state_path: Path | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
+    precision: str = "fp32",
+    grad_checkpointing: bool = False,
 ) -> tuple[ContrastiveModel, TrainResult, PretrainConfig]:
     """Pretrain a new model like ``model`` on ``retain``.
 
     ``recipe`` is how ``model`` was pretrained (default: the built-in recipe for its
     configuration and geometry); ``overrides`` change recipe fields, e.g. ``seed``.
-    ``state_path``/``resume``/``checkpoint_every`` (default: a tenth of the run) as in
-    :func:`vlunlearn.training.loop.train`.
+    ``state_path``/``resume``/``checkpoint_every`` (default: a tenth of the run), ``precision``
+    and ``grad_checkpointing`` as in :func:`vlunlearn.training.pretrain.pretrain`.
     """
     recipe = recipe or PretrainConfig(model=model.config.name, geometry=model.config.geometry)
     recipe = replace(recipe, **make_config_values(PretrainConfig, overrides))
     retrained, result = pretrain(
         recipe, retain, tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume,
-        checkpoint_every=checkpoint_every or max(1, recipe.steps // 10),
+        checkpoint_every=checkpoint_every or max(1, recipe.steps // 10), precision=precision,
+        grad_checkpointing=grad_checkpointing,
     )
     return retrained, result, recipe
 

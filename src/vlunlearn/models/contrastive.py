@@ -134,6 +134,14 @@ class ContrastiveModel(nn.Module):
             self.visual_alpha.clamp_(max=0.0)
             self.textual_alpha.clamp_(max=0.0)
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> "ContrastiveModel":
+        """Recompute each transformer block's activations during backward instead of keeping
+        them: much less memory for large models (ViT-L) at about a third more compute. The
+        gradients are the same. Returns ``self``."""
+        self.visual.grad_checkpointing = enabled
+        self.textual.grad_checkpointing = enabled
+        return self
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter elements (the frozen ``visual.pos_embed`` included unless ``trainable_only``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

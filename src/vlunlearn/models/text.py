@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["TextTransformer", "causal_mask"]
 
@@ -67,6 +68,7 @@ class TextTransformer(nn.Module):
         self.posit_embed = nn.Parameter(torch.zeros(context_length, width))
         self.register_buffer("attn_mask", causal_mask(context_length), persistent=True)
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(depth))
+        self.grad_checkpointing = False  # recompute block activations in backward (see ContrastiveModel)
         self.ln_final = nn.LayerNorm(width)
         self.reset_parameters()
 
@@ -102,7 +104,10 @@ class TextTransformer(nn.Module):
         x = self.token_embed(tokens) + self.posit_embed[:length]
         mask = self.attn_mask[:length, :length]
         for block in self.resblocks:
-            x = block(x, mask)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
         x = self.ln_final(x)
         eot = tokens.argmax(dim=-1)
         return x[torch.arange(x.shape[0], device=x.device), eot]

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["VisionTransformer", "sincos_pos_embed_2d"]
 
@@ -136,6 +137,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(sincos_pos_embed_2d(grid, width), requires_grad=False)
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, ln_eps) for _ in range(depth))
+        self.grad_checkpointing = False  # recompute block activations in backward (see ContrastiveModel)
         self.norm = nn.LayerNorm(width, eps=ln_eps)
         self.reset_parameters()
 
@@ -165,7 +167,7 @@ class VisionTransformer(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1) + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() else block(x)
         return self.norm(x)[:, 0]
 
     def extra_repr(self) -> str:

@@ -38,6 +38,8 @@ from vlunlearn.errors import CheckpointError, RunInterrupted, TrainingError
 from vlunlearn.io import atomic_path
 from vlunlearn.training import distributed
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Scalars that MERU and CLIP exclude from weight decay, besides norms and biases.
 _NO_DECAY_NAMES = ("logit_scale", "curv", "visual_alpha", "textual_alpha", "cls_token", "posit_embed")
 
@@ -67,6 +69,9 @@ class OptimConfig:
         cosine: decay to 0 by a half cosine after warm-up; otherwise constant.
         grad_clip: maximum gradient norm, 0 to disable.
         checkpoint_every: save the training state every this many steps (0: never).
+        precision: ``fp32``, or mixed precision ``bf16`` / ``fp16`` (autocast around the
+            objective; ``fp16`` adds dynamic loss scaling). The Lorentz operations always
+            run in float32 (see :mod:`vlunlearn.geometry.lorentz`); the weights stay float32.
         snapshot_every: keep an in-memory copy of the model and optimizer state every this
             many steps, restored after a non-finite loss (0: no recovery, a fault stops the
             run). Every step by default: cheap for the built-in models; for large models on
@@ -81,6 +86,7 @@ class OptimConfig:
     cosine: bool = True
     grad_clip: float = 1.0
     checkpoint_every: int = 0
+    precision: str = "fp32"
     snapshot_every: int = 1
 
     def __post_init__(self) -> None:
@@ -88,6 +94,8 @@ class OptimConfig:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at ``step`` (0-based)."""
@@ -155,9 +163,14 @@ def train(
     lr_scale = [1.0]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_scale[0] * config.lr_factor(s))
+    device_type = next(model.parameters()).device.type
+    half = PRECISIONS[config.precision]
+    # fp16 loss scaling starts at 2**10, not torch's 2**16: unlearning runs are tens of steps, and
+    # each overflow at the start skips a step while the scale comes down
+    scaler = torch.amp.GradScaler(device_type, init_scale=2.0**10, enabled=half is torch.float16)
     start = 0
     if resume and state_path is not None and state_path.exists():
-        start, lr_scale[0] = _load_state(state_path, model, optimizer, scheduler)
+        start, lr_scale[0] = _load_state(state_path, model, optimizer, scheduler, scaler)
     history: list[dict[str, float]] = []
     faults: list[dict[str, float]] = []
     logs: dict[str, float] = {}
@@ -170,17 +183,20 @@ def train(
         while step < config.steps:
             model.train()
             model.clamp_scalars_()
-            output = objective(model, step)
+            with torch.autocast(device_type, dtype=half, enabled=half is not None):
+                output = objective(model, step)
             optimizer.zero_grad(set_to_none=True)
             grad_norm = math.nan
             if torch.isfinite(output.loss):
-                output.loss.backward()
+                scaler.scale(output.loss).backward()
                 distributed.average_gradients(model)
+                scaler.unscale_(optimizer)
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf).item()
-            if not (math.isfinite(output.loss.item()) and math.isfinite(grad_norm)):
+            # with fp16 an infinite gradient is a loss-scale overflow: the scaler skips the step itself
+            if not (math.isfinite(output.loss.item()) and (math.isfinite(grad_norm) or scaler.is_enabled())):
                 faults.append({"step": step, "loss": output.loss.item(), "grad_norm": grad_norm})
                 if len(faults) > 1 or snapshot is None:
-                    _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler)
+                    _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler, scaler)
                 step = _restore(snapshot, model, optimizer, scheduler)
                 history = [entry for entry in history if entry["step"] <= step]
                 lr_scale[0] *= 0.5
@@ -194,7 +210,8 @@ def train(
                 )
                 bar.n = step
                 continue
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             bar.update(1)
@@ -205,12 +222,12 @@ def train(
             if config.snapshot_every and step % config.snapshot_every == 0:
                 snapshot = _snapshot(model, optimizer, scheduler, step, lr_scale[0])
             if state_path is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                _save_state(state_path, model, optimizer, scheduler, step, lr_scale[0])
+                _save_state(state_path, model, optimizer, scheduler, scaler, step, lr_scale[0])
             if pending_signal() is not None:
                 bar.close()
                 where = "no training state is kept"
                 if state_path is not None:
-                    _save_state(state_path, model, optimizer, scheduler, step, lr_scale[0])
+                    _save_state(state_path, model, optimizer, scheduler, scaler, step, lr_scale[0])
                     where = f"the training state is saved in {state_path}; rerun the same command with --resume"
                 raise RunInterrupted(f"{description}: stopped by {pending_signal()} after step {step}; {where}")
             if should_stop is not None and should_stop(step):
@@ -244,12 +261,12 @@ def _stop_requests() -> Iterator[Callable[[], str | None]]:
             signal.signal(sig, handler)
 
 
-def _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler) -> None:
+def _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, scheduler, scaler) -> None:
     steps = ", ".join(str(int(f["step"])) for f in faults)
     message = f"{description}: the loss or its gradient was not finite (at step {steps})"
     if snapshot is not None and state_path is not None:
         _restore(snapshot, model, optimizer, scheduler)
-        _save_state(state_path, model, optimizer, scheduler, snapshot["step"], snapshot["lr_scale"])
+        _save_state(state_path, model, optimizer, scheduler, scaler, snapshot["step"], snapshot["lr_scale"])
         message += f"; the last good state (step {snapshot['step']}) is saved in {state_path}"
     raise TrainingError(message + "; lower the learning rate (--set lr=...) and rerun")
 
@@ -271,21 +288,26 @@ def _restore(snapshot: dict, model: nn.Module, optimizer, scheduler) -> int:
     return snapshot["step"]
 
 
-def _save_state(path: Path, model: nn.Module, optimizer, scheduler, step: int, lr_scale: float) -> None:
+def _save_state(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, lr_scale: float) -> None:
     if not distributed.is_main():
         return
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)  # a run folder appears only once training has begun
     with atomic_path(path) as tmp:
         torch.save({**state, "step": step, "lr_scale": lr_scale}, tmp)
 
 
-def _load_state(path: Path, model: nn.Module, optimizer, scheduler) -> tuple[int, float]:
+def _load_state(path: Path, model: nn.Module, optimizer, scheduler, scaler) -> tuple[int, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         return int(state["step"]), float(state.get("lr_scale", 1.0))
     except Exception as error:  # any failure here means the state file is unusable
         raise CheckpointError(f"cannot resume from training state {path}: {error}") from error

@@ -83,10 +83,13 @@ def pretrain(
     resume: bool = False,
     checkpoint_every: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
+    grad_checkpointing: bool = False,
 ) -> tuple[ContrastiveModel, TrainResult]:
-    """Train a new model from scratch on ``data`` with ``config``'s recipe."""
+    """Train a new model from scratch on ``data`` with ``config``'s recipe, in ``precision``
+    (``fp32``, ``bf16`` or ``fp16``), optionally with gradient checkpointing."""
     seed_everything(config.seed)
-    model = build_model(config.model, config.geometry)
+    model = build_model(config.model, config.geometry).set_grad_checkpointing(grad_checkpointing)
     tokens = TokenCache(tokenizer or Tokenizer(), model.config.context_length)
     sampler = PairSampler(data, tokens, config.batch_size, config.seed, config.caption_weights)
     optim = OptimConfig(
@@ -95,6 +98,7 @@ def pretrain(
         weight_decay=config.weight_decay,
         warmup_steps=int(config.warmup_fraction * config.steps),
         checkpoint_every=checkpoint_every,
+        precision=precision,
     )
     objective = ContrastiveObjective(sampler, config.entail_weight)
     result = train(
