@@ -1,4 +1,4 @@
-"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate`` and ``report``."""
+"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate``, ``zeroshot`` and ``report``."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _unlearn_command(args: argparse.Namespace) -> int:
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
         test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
-        precision=args.precision, grad_checkpointing=args.grad_checkpointing, progress=not args.quiet,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, progress=not args.quiet,
     )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
@@ -96,7 +96,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     results = evaluate_run(
         [Path(c) for c in args.checkpoint], args.data, Path(args.out), test_data=args.test_data, request=request,
         original=Path(args.original) if args.original else None, retrain=Path(args.retrain) if args.retrain else None,
-        seed=args.seed, progress=not args.quiet,
+        sha256=args.sha256, seed=args.seed, progress=not args.quiet,
     )
     _print_table(results, f"Evaluation on {args.data} ({results['config']['request']}):")
     print(f"\nReport: {Path(args.out) / 'report.md'}")
@@ -109,6 +109,20 @@ def _report_command(args: argparse.Namespace) -> int:
     results = report_run([Path(source) for source in args.runs], Path(args.out))
     _print_table(results, f"{len(results['records'])} records from {len(args.runs)} run(s):")
     print(f"\nReport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _zeroshot_command(args: argparse.Namespace) -> int:
+    from vlunlearn.workflows import zeroshot_run
+
+    result = zeroshot_run(Path(args.checkpoint), Path(args.images), Path(args.out), templates=args.prompt, sha256=args.sha256)
+    accuracy = result["metrics"]["zero_shot"]
+    release = result["checkpoint_file"]["release"]
+    print(
+        f"{result['model']}/{result['geometry']}{f' [{release}]' if release else ''} on {args.images} "
+        f"({result['data']['size']} images, {len(result['data']['classes'])} classes): zero-shot top-1 "
+        f"macro {accuracy['macro']:.2f}%, micro {accuracy['micro']:.2f}% -> {args.out}"
+    )
     return 0
 
 
@@ -184,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when D_f accuracy falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    unlearn.add_argument("--sha256", help="expected SHA-256 of the checkpoint file (checked before loading)")
     _compute_arguments(unlearn)
     unlearn.add_argument("--quiet", action="store_true", help="no progress bars")
     unlearn.set_defaults(func=_unlearn_command)
@@ -202,9 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--forget", action="append", metavar="CONCEPT", help="default: the request recorded")
     evaluate.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids, one per line")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the audit and MIA samples")
+    evaluate.add_argument("--sha256", action="append", help="expected SHA-256 of each --checkpoint file, in order")
     evaluate.add_argument("--out", required=True, help="new run folder")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=_evaluate_command)
+
+    zeroshot = commands.add_parser("zeroshot", help="zero-shot accuracy on an ImageFolder-style class folder")
+    zeroshot.add_argument("--checkpoint", required=True, help="model folder or MERU-format .pth")
+    zeroshot.add_argument("--images", required=True, metavar="DIR", help="one sub-folder of images per class")
+    zeroshot.add_argument("--prompt", action="append", metavar="TEMPLATE", help="prompt template with {} for the "
+                          "class name (repeatable; default: generic templates)")
+    zeroshot.add_argument("--sha256", help="expected SHA-256 of the checkpoint file")
+    zeroshot.add_argument("--out", required=True, help="new run folder")
+    zeroshot.set_defaults(func=_zeroshot_command)
 
     report = commands.add_parser("report", help="one report from the results of finished runs")
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folder or results.json (demo, evaluate, unlearn)")

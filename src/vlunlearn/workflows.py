@@ -10,12 +10,22 @@ import torch
 from tqdm.auto import tqdm
 
 from vlunlearn.errors import DataError, VlunlearnError
-from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_builtin, load_image_text_folder, make_splits
+from vlunlearn.data import (
+    PairDataset,
+    Tokenizer,
+    UnlearningRequest,
+    load_builtin,
+    load_class_folder,
+    load_image_text_folder,
+    make_splits,
+)
 from vlunlearn.data.builtin import BUILTIN_DATASETS
 from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
+from vlunlearn.evaluation.zero_shot import class_prompts
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.evaluation.oracle import peak_memory
 from vlunlearn.models import load_any, read_metadata, save_model
+from vlunlearn.models.releases import check_checkpoint_file
 from vlunlearn.provenance import environment
 from vlunlearn.runs import check_new_run_folder, create_run_folder, write_json
 from vlunlearn.training import distributed
@@ -122,6 +132,7 @@ def unlearn_run(
     resume: bool = False,
     precision: str = "fp32",
     grad_checkpointing: bool = False,
+    sha256: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Unlearn ``request`` from the model at ``checkpoint`` (never modified) and write ``out``.
@@ -131,11 +142,13 @@ def unlearn_run(
     zero-shot accuracy on the forget/retain splits before and after). Every input is checked
     before ``out`` is created; the training state is kept in ``out`` while the run goes on, so
     an interrupted run continues with ``resume=True`` and ends with the same model. In a
-    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``.
+    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``. The
+    checkpoint's SHA-256 is recorded (and must equal ``sha256`` when given).
     """
     out = check_new_run_folder(out, resume=resume)
     if resume and (out / "results.json").exists():
         raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
+    checkpoint_file = check_checkpoint_file(checkpoint, sha256)
     model = load_any(checkpoint)
     metadata = read_metadata(checkpoint) if Path(checkpoint).is_dir() else {}
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
@@ -156,6 +169,7 @@ def unlearn_run(
     result = {
         "kind": "unlearn",
         "checkpoint": str(checkpoint),
+        "checkpoint_file": checkpoint_file,
         "model": model.config.name,
         "geometry": model.config.geometry,
         "data": {"name": data_name, "train_size": len(train_data), "train_hash": train_data.content_hash()},
@@ -302,6 +316,7 @@ def evaluate_run(
     request: UnlearningRequest | None = None,
     original: Path | None = None,
     retrain: Path | None = None,
+    sha256: list[str] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -312,12 +327,17 @@ def evaluate_run(
     the oracle. The request defaults to the one recorded in the first checkpoint, and the
     original to the checkpoint that run started from. Without an oracle, the report is
     relative to the original and says so. ``out`` receives results.json, report.md, figures/.
+    ``sha256``, when given, holds the expected digest of each checkpoint, in order.
     """
     from vlunlearn.report import write_report
 
     out = check_new_run_folder(out)
     if not checkpoints:
         raise VlunlearnError("nothing to evaluate: give at least one --checkpoint")
+    expected = sha256 or [None] * len(checkpoints)
+    if len(expected) != len(checkpoints):
+        raise VlunlearnError(f"{len(expected)} --sha256 digests for {len(checkpoints)} --checkpoint paths; give one per checkpoint")
+    digests = [check_checkpoint_file(path, digest) for path, digest in zip(checkpoints, expected)]
     metadata = [read_metadata(path) if Path(path).is_dir() else {} for path in checkpoints]
     provenance = [entry.get("unlearn", {}) for entry in metadata]
     if request is None:
@@ -349,6 +369,8 @@ def evaluate_run(
         cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
         record = evaluation_record(model, method, splits, test_split, tokenizer, seed=seed, cost=cost)
         group.append({**record, "checkpoint": str(path)})
+    for record, digest in zip(group[len(group) - len(checkpoints) :], digests):
+        record["checkpoint_file"] = digest
     results = {
         "kind": "evaluate",
         "config": {"data": data_name, "seed": seed, "request": request.describe()},
@@ -359,6 +381,33 @@ def evaluate_run(
     }
     write_report(results, create_run_folder(out))
     return results
+
+
+def zeroshot_run(
+    checkpoint: Path, images: Path, out: Path, *, templates: list[str] | None = None, sha256: str | None = None
+) -> dict:
+    """Zero-shot top-1 (micro and macro) of the model at ``checkpoint`` on an ImageFolder-style
+    tree ``images`` (one sub-folder per class), with the prompt ``templates`` (default: generic
+    ones), images resized to the model's input (shorter side, bicubic) and centre-cropped as in
+    MERU's protocol. Writes ``out/results.json``."""
+    out = check_new_run_folder(out)
+    checkpoint_file = check_checkpoint_file(checkpoint, sha256)
+    model = load_any(checkpoint)
+    data = load_class_folder(images, model.config.image_size, channels=len(model.config.pixel_mean))
+    accuracy = evaluate_zero_shot(model, data, Tokenizer(), templates)
+    result = {
+        "kind": "zeroshot",
+        "checkpoint": str(checkpoint),
+        "checkpoint_file": checkpoint_file,
+        "model": model.config.name,
+        "geometry": model.config.geometry,
+        "data": {"name": str(images), "size": len(data), "classes": list(data.class_names), "hash": data.content_hash()},
+        "prompts": class_prompts(data, templates)[0] if data.class_names else [],
+        "environment": environment(),
+        "metrics": {"zero_shot": accuracy},
+    }
+    write_json(create_run_folder(out) / "results.json", result)
+    return result
 
 
 def report_run(sources: list[Path], out: Path) -> dict:

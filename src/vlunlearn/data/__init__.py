@@ -2,7 +2,7 @@
 
 from vlunlearn.data.builtin import BUILTIN_DATASETS, builtin_hierarchy, load_builtin
 from vlunlearn.data.datasets import PairDataset
-from vlunlearn.data.folder import load_image_text_folder
+from vlunlearn.data.folder import load_class_folder, load_image_text_folder
 from vlunlearn.data.hierarchy import DIGITS, FASHION_MNIST, LEVELS, ConceptHierarchy
 from vlunlearn.data.requests import UnlearningRequest, UnlearningSplits, make_splits
 from vlunlearn.data.tokenizer import Tokenizer
@@ -19,6 +19,7 @@ __all__ = [
     "UnlearningSplits",
     "builtin_hierarchy",
     "load_builtin",
+    "load_class_folder",
     "load_image_text_folder",
     "make_splits",
 ]

@@ -82,7 +82,9 @@ def load_image_text_folder(
         first_line[record["id"]] = line
 
     mode = "RGB" if channels == 3 else "L"
-    images = torch.stack([_read_image(root, path, line, record["path"], int(image_size), mode) for line, record in rows])
+    images = torch.stack(
+        [_read_image(_resolve(root, record["path"]), f"{path}, line {line}", int(image_size), mode) for line, record in rows]
+    )
     concepts = [frozenset(record["concepts"]) for _, record in rows]
     class_names = tuple(sorted(set().union(*concepts)))
     index = {c: k for k, c in enumerate(class_names)}
@@ -97,6 +99,11 @@ def load_image_text_folder(
         class_names=class_names,
         hierarchy=None,
     )
+
+
+def _resolve(root: Path, raw_path: str) -> Path:
+    file = Path(raw_path)
+    return file if file.is_absolute() else root / file
 
 
 def _find_annotations(root: Path, annotations: Path) -> Path:
@@ -174,10 +181,9 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: int, mode: str) -> torch.Tensor:
-    where = f"{annotations}, line {line}"
-    file = Path(raw_path)
-    file = file if file.is_absolute() else root / file
+def _read_image(file: Path, where: str, size: int, mode: str) -> torch.Tensor:
+    """``file`` converted to ``mode``, resized (shorter side ``size``, bicubic), centre-cropped.
+    ``(C, size, size)`` uint8. Errors name ``where`` (the annotation file and line)."""
     if not file.is_file():
         raise DataError(f"{where}: image file not found: {file}")
     try:
@@ -195,3 +201,45 @@ def _read_image(root: Path, annotations: Path, line: int, raw_path: str, size: i
         raise DataError(f"{where}: cannot read image {file}: {error}") from error
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_class_folder(root: str | Path, image_size: int, channels: int = 3, name: str | None = None) -> PairDataset:
+    """An ImageFolder-style tree: one sub-folder per class, its images inside (any depth).
+
+    Classes are the sub-folder names in sorted order; each image gets the caption
+    ``"a photo of a <class>."``, the concept ``<class>`` and its path relative to ``root`` as
+    its id. Images are read like :func:`load_image_text_folder` reads them.
+
+    Raises:
+        DataError: ``root`` is not a folder, has no class sub-folders or no images, or an
+            image cannot be read (naming the file).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of class sub-folders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    files = [
+        (label, path)
+        for label, class_name in enumerate(classes)
+        for path in sorted((root / class_name).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if not files:
+        raise DataError(f"{root} has no images with a suffix among {', '.join(IMAGE_SUFFIXES)}")
+    mode = "RGB" if channels == 3 else "L"
+    images = torch.stack([_read_image(path, str(root), int(image_size), mode) for _, path in files])
+    return PairDataset(
+        name=name or root.name,
+        images=images,
+        captions=[(f"a photo of a {classes[label]}.",) for label, _ in files],
+        concepts=[frozenset({classes[label]}) for label, _ in files],
+        labels=torch.tensor([label for label, _ in files], dtype=torch.int64),
+        ids=[path.relative_to(root).as_posix() for _, path in files],
+        class_names=tuple(classes),
+        hierarchy=None,
+    )

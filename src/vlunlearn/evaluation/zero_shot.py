@@ -80,16 +80,25 @@ def zero_shot_accuracy(predictions: Tensor, labels: Tensor) -> dict[str, float]:
 DEFAULT_PROMPTS = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 
 
-def class_prompts(data: PairDataset) -> list[list[str]]:
-    """The prompt ensemble of every class of ``data``: its hierarchy's, or generic templates."""
+def class_prompts(data: PairDataset, templates: Sequence[str] | None = None) -> list[list[str]]:
+    """The prompt ensemble of every class of ``data``: ``templates`` (each with one ``{}`` for
+    the class name) when given, else its hierarchy's, else generic templates."""
+    if templates is not None:
+        bad = [t for t in templates if t.count("{}") != 1]
+        if not templates or bad:
+            raise ValueError(f"prompt templates need exactly one '{{}}' for the class name; got {list(bad or templates)}")
+        return [[template.format(name) for template in templates] for name in data.class_names]
     if data.hierarchy is not None:
         return [data.hierarchy.class_prompts(name) for name in data.class_names]
     return [[template.format(name) for template in DEFAULT_PROMPTS] for name in data.class_names]
 
 
-def evaluate_zero_shot(model, data: PairDataset, tokenizer: Tokenizer) -> dict[str, float]:
-    """Zero-shot top-1 accuracy of ``model`` on ``data`` over all of its classes, in percent."""
-    class_emb = class_embeddings(model, tokenizer, class_prompts(data))
+def evaluate_zero_shot(
+    model, data: PairDataset, tokenizer: Tokenizer, templates: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Zero-shot top-1 accuracy (micro and macro, percent) of ``model`` on ``data`` over all of
+    its classes, with the prompt ``templates`` when given (see :func:`class_prompts`)."""
+    class_emb = class_embeddings(model, tokenizer, class_prompts(data, templates))
     predictions = zero_shot_predictions(model, encode_images(model, data), class_emb)
     return zero_shot_accuracy(predictions, data.labels)
 

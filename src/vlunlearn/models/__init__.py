@@ -1,4 +1,5 @@
-"""Contrastive vision-language models (CLIP and MERU) with MERU's parameter layout, and their checkpoints."""
+"""Contrastive vision-language models (CLIP and MERU) with MERU's parameter layout, their checkpoints,
+and an adapter for open_clip models (open_clip itself is imported only by :func:`load_open_clip`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from vlunlearn.models.checkpoint import (
 )
 from vlunlearn.models.configs import MODEL_NAMES, ModelConfig, model_config
 from vlunlearn.models.contrastive import ContrastiveModel
+from vlunlearn.models.open_clip_adapter import OpenClipAdapter, load_open_clip
 from vlunlearn.models.text import TextTransformer
 from vlunlearn.models.vit import VisionTransformer
 
 __all__ = [
     "ContrastiveModel",
+    "OpenClipAdapter",
+    "load_open_clip",
     "ModelConfig",
     "MODEL_NAMES",
     "model_config",
