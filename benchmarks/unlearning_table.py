@@ -18,14 +18,11 @@ from pathlib import Path
 from vlunlearn import unlearn
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation import evaluate_splits
-from vlunlearn.methods import available_methods
 from vlunlearn.models import load_model, save_model
-from vlunlearn.provenance import environment
-from vlunlearn.io import atomic_write_text
 from vlunlearn.runs import write_json
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 
-GEOMETRY_METHODS = {"euclidean": [m for m in available_methods() if m != "hac"], "lorentz": available_methods()}
+from _common import GEOMETRY_METHODS, cell, markdown_table, write_results
 
 
 def cached(path: Path, build):
@@ -91,18 +88,11 @@ def main() -> None:
                              "ratio_to_retrain": seconds / retrain_seconds, **evaluate_splits(model, splits, tokenizer)})
                 print(json.dumps(rows[-1]), flush=True)
 
-    lines = ["| geometry | forget | method | test forget % | test retain % | train forget % | seconds | / retrain |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        ratio = row.get("ratio_to_retrain")
-        lines.append(
-            f"| {row['geometry']} | {row['forget']} | {row['method']} | {row['zs_test_forget']:.1f} | "
-            f"{row['zs_test_retain']:.1f} | {row['zs_train_forget']:.1f} | {row['seconds']:.1f} | "
-            f"{'' if ratio is None else f'{ratio:.3f}'} |"
-        )
-    atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
-    write_json(args.out / "results.json", {"environment": environment(), "rows": rows})
-    print("\n".join(lines))
+    header = ["geometry", "forget", "method", "test forget %", "test retain %", "train forget %", "seconds", "/ retrain"]
+    cells = [[row["geometry"], row["forget"], row["method"], f"{row['zs_test_forget']:.1f}",
+              f"{row['zs_test_retain']:.1f}", f"{row['zs_train_forget']:.1f}", f"{row['seconds']:.1f}",
+              cell(row.get("ratio_to_retrain"), ".3f")] for row in rows]
+    write_results(args.out / "results.json", args.out / "table.md", {"rows": rows}, markdown_table(header, cells, 3))
 
 
 if __name__ == "__main__":
