@@ -76,7 +76,8 @@ def _unlearn_command(args: argparse.Namespace) -> int:
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
         test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
-        precision=args.precision, grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, progress=not args.quiet,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, workers=args.workers,
+        progress=not args.quiet,
     )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
@@ -96,7 +97,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     results = evaluate_run(
         [Path(c) for c in args.checkpoint], args.data, Path(args.out), test_data=args.test_data, request=request,
         original=Path(args.original) if args.original else None, retrain=Path(args.retrain) if args.retrain else None,
-        sha256=args.sha256, seed=args.seed, progress=not args.quiet,
+        sha256=args.sha256, seed=args.seed, workers=args.workers, progress=not args.quiet,
     )
     _print_table(results, f"Evaluation on {args.data} ({results['config']['request']}):")
     print(f"\nReport: {Path(args.out) / 'report.md'}")
@@ -115,7 +116,10 @@ def _report_command(args: argparse.Namespace) -> int:
 def _zeroshot_command(args: argparse.Namespace) -> int:
     from vlunlearn.workflows import zeroshot_run
 
-    result = zeroshot_run(Path(args.checkpoint), Path(args.images), Path(args.out), templates=args.prompt, sha256=args.sha256)
+    result = zeroshot_run(
+        Path(args.checkpoint), Path(args.images), Path(args.out), templates=args.prompt, sha256=args.sha256,
+        workers=args.workers,
+    )
     accuracy = result["metrics"]["zero_shot"]
     release = result["checkpoint_file"]["release"]
     print(
@@ -142,10 +146,16 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--data", default="fashion-mnist", metavar="NAME|FILE",
-        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or an annotation file (CSV/JSONL: path, caption, "
-        "concepts, id) whose image paths are relative to its folder",
+        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}), an annotation file (CSV/JSONL: path, caption, "
+        "concepts, id; image paths relative to its folder), a WebDataset tar shard or a folder of shards",
     )
-    parser.add_argument("--test-data", metavar="FILE", help="held-out annotation file, with a user's --data FILE")
+    parser.add_argument("--test-data", metavar="PATH", help="the held-out split of a user's --data, in the same form")
+    _workers_argument(parser)
+
+
+def _workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes that decode users' images (default 0: decode in this process)")
 
 
 def _compute_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     zeroshot.add_argument("--prompt", action="append", metavar="TEMPLATE", help="prompt template with {} for the "
                           "class name (repeatable; default: generic templates)")
     zeroshot.add_argument("--sha256", help="expected SHA-256 of the checkpoint file")
+    _workers_argument(zeroshot)
     zeroshot.add_argument("--out", required=True, help="new run folder")
     zeroshot.set_defaults(func=_zeroshot_command)
 

@@ -17,6 +17,7 @@ from vlunlearn.data import (
     load_builtin,
     load_class_folder,
     load_image_text_folder,
+    load_tar_shards,
     make_splits,
 )
 from vlunlearn.data.builtin import BUILTIN_DATASETS
@@ -95,27 +96,40 @@ def pretrain_run(
     return record
 
 
-def load_data(data: str, test_data: str | None, model_config, seed: int = 0) -> tuple[PairDataset, PairDataset]:
-    """The train and test data of a run: a built-in dataset by name, or a user's annotation
-    file (CSV/JSONL, image paths relative to its folder) with its held-out split in ``test_data``.
+def load_data(
+    data: str, test_data: str | None, model_config, seed: int = 0, workers: int = 0
+) -> tuple[PairDataset, PairDataset]:
+    """The train and test data of a run: a built-in dataset by name, or a user's data with its
+    held-out split in ``test_data``, each an annotation file (CSV/JSONL, image paths relative
+    to its folder), a WebDataset tar shard or a folder of shards.
 
-    Users' images are read at the model's input size and channel count.
+    Users' images stay on disk and are decoded per batch, by ``workers`` processes, at the
+    model's input size and channel count.
     """
     if data in BUILTIN_DATASETS:
         if test_data is not None:
-            raise DataError(f"--test-data is for a user's annotation file; the built-in {data!r} has its own test split")
+            raise DataError(f"--test-data is for a user's data; the built-in {data!r} has its own test split")
         return load_builtin(data, "train", seed=seed), load_builtin(data, "test", seed=seed)
-    path = Path(data)
-    if not path.is_file():
+    if not Path(data).exists():
         raise DataError(
-            f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor an annotation file"
+            f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor an annotation "
+            "file, a tar shard or a folder of shards"
         )
     if test_data is None:
-        raise DataError(f"--data {data} is a user's annotation file: give its held-out split with --test-data FILE")
+        raise DataError(f"--data {data} is a user's data: give its held-out split with --test-data")
     size, channels = model_config.image_size, len(model_config.pixel_mean)
-    train_data = load_image_text_folder(path.parent, path, size, channels=channels)
-    test_path = Path(test_data)
-    return train_data, load_image_text_folder(test_path.parent, test_path, size, channels=channels)
+    return tuple(_user_data(Path(path), size, channels, workers) for path in (data, test_data))
+
+
+def _user_data(path: Path, size: int, channels: int, workers: int) -> PairDataset:
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if not shards:
+            raise DataError(f"{path} is a folder without .tar shards")
+        return load_tar_shards(shards, size, channels, workers, name=path.name)
+    if path.suffix.lower() == ".tar":
+        return load_tar_shards([path], size, channels, workers)
+    return load_image_text_folder(path.parent, path, size, channels=channels, stream=True, workers=workers)
 
 
 def unlearn_run(
@@ -133,6 +147,7 @@ def unlearn_run(
     precision: str = "fp32",
     grad_checkpointing: bool = False,
     sha256: str | None = None,
+    workers: int = 0,
     progress: bool = True,
 ) -> dict:
     """Unlearn ``request`` from the model at ``checkpoint`` (never modified) and write ``out``.
@@ -153,7 +168,7 @@ def unlearn_run(
     metadata = read_metadata(checkpoint) if Path(checkpoint).is_dir() else {}
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
     seed = recipe.seed if recipe is not None else 0
-    train_data, test_split = load_data(data_name, test_data, model.config, seed=seed)
+    train_data, test_split = load_data(data_name, test_data, model.config, seed=seed, workers=workers)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
     early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
@@ -318,6 +333,7 @@ def evaluate_run(
     retrain: Path | None = None,
     sha256: list[str] | None = None,
     seed: int = 0,
+    workers: int = 0,
     progress: bool = True,
 ) -> dict:
     """Evaluate unlearned models against their original and the retrained oracle; write a report.
@@ -350,7 +366,7 @@ def evaluate_run(
     if original is None:
         source = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
         original = source if source is not None and source.exists() else None
-    train_data, test_split = load_data(data_name, test_data, load_any(checkpoints[0]).config, seed=seed)
+    train_data, test_split = load_data(data_name, test_data, load_any(checkpoints[0]).config, seed=seed, workers=workers)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
 
@@ -384,7 +400,13 @@ def evaluate_run(
 
 
 def zeroshot_run(
-    checkpoint: Path, images: Path, out: Path, *, templates: list[str] | None = None, sha256: str | None = None
+    checkpoint: Path,
+    images: Path,
+    out: Path,
+    *,
+    templates: list[str] | None = None,
+    sha256: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Zero-shot top-1 (micro and macro) of the model at ``checkpoint`` on an ImageFolder-style
     tree ``images`` (one sub-folder per class), with the prompt ``templates`` (default: generic
@@ -393,7 +415,9 @@ def zeroshot_run(
     out = check_new_run_folder(out)
     checkpoint_file = check_checkpoint_file(checkpoint, sha256)
     model = load_any(checkpoint)
-    data = load_class_folder(images, model.config.image_size, channels=len(model.config.pixel_mean))
+    data = load_class_folder(
+        images, model.config.image_size, channels=len(model.config.pixel_mean), stream=True, workers=workers
+    )
     accuracy = evaluate_zero_shot(model, data, Tokenizer(), templates)
     result = {
         "kind": "zeroshot",

@@ -11,6 +11,7 @@ import torch
 
 from vlunlearn.data.hierarchy import ConceptHierarchy
 from vlunlearn.errors import DataError
+from vlunlearn.data.streaming import ImageFiles
 
 
 def as_index(indices: Sequence[int] | torch.Tensor, size: int) -> torch.Tensor:
@@ -32,11 +33,12 @@ def as_index(indices: Sequence[int] | torch.Tensor, size: int) -> torch.Tensor:
 
 @dataclass
 class PairDataset:
-    """Image-text pairs held in memory.
+    """Image-text pairs.
 
     Attributes:
         name: a short name used in messages and reports.
-        images: uint8 ``(N, C, H, W)`` with ``C`` in {1, 3}.
+        images: uint8 ``(N, C, H, W)`` with ``C`` in {1, 3}: a tensor in memory, or an
+            :class:`~vlunlearn.data.streaming.ImageFiles` that decodes from disk on demand.
         captions: per item, its captions ordered generic -> specific; the last one is the
             canonical caption.
         concepts: per item, every concept the image shows, ancestors included.
@@ -47,7 +49,7 @@ class PairDataset:
     """
 
     name: str
-    images: torch.Tensor
+    images: torch.Tensor | ImageFiles
     captions: list[tuple[str, ...]]
     concepts: list[frozenset[str]]
     labels: torch.Tensor
@@ -62,8 +64,8 @@ class PairDataset:
         self.class_names = tuple(self.class_names)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
         where = f"dataset {self.name!r}"
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
-            raise DataError(f"{where}: images must be a uint8 tensor")
+        if not isinstance(self.images, (torch.Tensor, ImageFiles)) or self.images.dtype != torch.uint8:
+            raise DataError(f"{where}: images must be a uint8 tensor or ImageFiles")
         if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
             raise DataError(f"{where}: images must have shape (N, C, H, W) with C in {{1, 3}}, not {tuple(self.images.shape)}")
         n = self.images.shape[0]
@@ -111,8 +113,11 @@ class PairDataset:
         )
 
     def image_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """float32 ``(B, C, H, W)`` images scaled to [0, 1]."""
-        return self.images[as_index(indices, len(self))].to(torch.float32).div_(255.0)
+        """float32 ``(B, C, H, W)`` images scaled to [0, 1] (decoded now when streamed)."""
+        images = self.images[as_index(indices, len(self))]
+        if isinstance(images, ImageFiles):
+            images = images.decode()
+        return images.to(torch.float32).div_(255.0)
 
     def canonical_captions(self, indices: Sequence[int] | torch.Tensor | None = None) -> list[str]:
         """The canonical (most specific, last) caption of each item, or of the items at ``indices``."""
@@ -122,12 +127,16 @@ class PairDataset:
     def content_hash(self) -> str:
         """SHA-256 (hex) over the images, captions, ids, labels, concepts and class names.
 
-        It depends only on the content, so it is the same across runs and machines.
+        It depends only on the content, so it is the same across runs and machines. For
+        streamed images it covers the files' names, sizes and modification times instead of
+        the pixels (see :meth:`ImageFiles.fingerprint`).
         """
         digest = hashlib.sha256()
-        images = self.images.contiguous()
-        digest.update(json.dumps({"shape": list(images.shape), "dtype": str(images.dtype)}).encode())
-        digest.update(images.numpy().tobytes())
+        digest.update(json.dumps({"shape": list(self.images.shape), "dtype": str(self.images.dtype)}).encode())
+        if isinstance(self.images, ImageFiles):
+            digest.update(self.images.fingerprint())
+        else:
+            digest.update(self.images.contiguous().numpy().tobytes())
         text = {
             "captions": [list(c) for c in self.captions],
             "ids": self.ids,

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import json
+import tarfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from vlunlearn.data.datasets import PairDataset
+from vlunlearn.data.streaming import ImageFiles, ImageSource
 from vlunlearn.errors import DataError
 
 CSV_SUFFIXES = (".csv",)
@@ -34,7 +35,13 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 def load_image_text_folder(
-    root: str | Path, annotations: str | Path, image_size: int, name: str | None = None, channels: int = 3
+    root: str | Path,
+    annotations: str | Path,
+    image_size: int,
+    name: str | None = None,
+    channels: int = 3,
+    stream: bool = False,
+    workers: int = 0,
 ) -> PairDataset:
     """Read image-text pairs described by an annotation file.
 
@@ -46,6 +53,9 @@ def load_image_text_folder(
             ``image_size`` (bicubic) and centre-cropped to ``image_size`` x ``image_size``.
         name: the dataset's name (default: the annotation file's stem).
         channels: 3 (RGB) or 1 (greyscale), the input channels of the model.
+        stream: keep the images on disk and decode each batch when it is needed
+            (:class:`~vlunlearn.data.streaming.ImageFiles`); every file is still checked now.
+        workers: processes that decode streamed batches (0: this process).
 
     Returns:
         A ``PairDataset`` with uint8 ``(N, channels, image_size, image_size)`` images and one caption
@@ -58,8 +68,6 @@ def load_image_text_folder(
     """
     if int(image_size) < 1:
         raise DataError(f"image_size must be a positive integer, not {image_size!r}")
-    if channels not in (1, 3):
-        raise DataError(f"images have 1 or 3 channels, not {channels!r}")
     root = Path(root)
     path = _find_annotations(root, Path(annotations))
     suffix = path.suffix.lower()
@@ -81,10 +89,8 @@ def load_image_text_folder(
             )
         first_line[record["id"]] = line
 
-    mode = "RGB" if channels == 3 else "L"
-    images = torch.stack(
-        [_read_image(_resolve(root, record["path"]), f"{path}, line {line}", int(image_size), mode) for line, record in rows]
-    )
+    files = [(_resolve(root, record["path"]), f"{path}, line {line}") for line, record in rows]
+    images = _images(files, int(image_size), channels, stream, workers)
     concepts = [frozenset(record["concepts"]) for _, record in rows]
     class_names = tuple(sorted(set().union(*concepts)))
     index = {c: k for k, c in enumerate(class_names)}
@@ -181,37 +187,36 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_image(file: Path, where: str, size: int, mode: str) -> torch.Tensor:
-    """``file`` converted to ``mode``, resized (shorter side ``size``, bicubic), centre-cropped.
-    ``(C, size, size)`` uint8. Errors name ``where`` (the annotation file and line)."""
+def _check_image(file: Path, where: str) -> None:
+    """Refuse a missing file, or one whose header PIL cannot read, naming ``where``."""
     if not file.is_file():
         raise DataError(f"{where}: image file not found: {file}")
     try:
-        with Image.open(file) as image:
-            image = image.convert(mode)
-            width, height = image.size
-            scale = size / min(width, height)
-            new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-            image = image.resize(new_size, Image.Resampling.BICUBIC)
-            left = (new_size[0] - size) // 2
-            top = (new_size[1] - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-            array = np.asarray(image, dtype=np.uint8)
+        with Image.open(file):
+            pass
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{where}: cannot read image {file}: {error}") from error
-    array = array[:, :, None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _images(files: list[tuple[Path, str]], size: int, channels: int, stream: bool, workers: int):
+    """Checked ``(file, where)`` images: decoded now (uint8 tensor) or streamed (:class:`ImageFiles`)."""
+    for file, where in files:
+        _check_image(file, where)
+    images = ImageFiles([ImageSource(str(file), None, where) for file, where in files], size, channels, workers)
+    return images if stream else images.decode()
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def load_class_folder(root: str | Path, image_size: int, channels: int = 3, name: str | None = None) -> PairDataset:
+def load_class_folder(
+    root: str | Path, image_size: int, channels: int = 3, name: str | None = None, stream: bool = False, workers: int = 0
+) -> PairDataset:
     """An ImageFolder-style tree: one sub-folder per class, its images inside (any depth).
 
     Classes are the sub-folder names in sorted order; each image gets the caption
     ``"a photo of a <class>."``, the concept ``<class>`` and its path relative to ``root`` as
-    its id. Images are read like :func:`load_image_text_folder` reads them.
+    its id. Images are read (or streamed) like :func:`load_image_text_folder` reads them.
 
     Raises:
         DataError: ``root`` is not a folder, has no class sub-folders or no images, or an
@@ -231,8 +236,7 @@ def load_class_folder(root: str | Path, image_size: int, channels: int = 3, name
     ]
     if not files:
         raise DataError(f"{root} has no images with a suffix among {', '.join(IMAGE_SUFFIXES)}")
-    mode = "RGB" if channels == 3 else "L"
-    images = torch.stack([_read_image(path, str(root), int(image_size), mode) for _, path in files])
+    images = _images([(path, str(root)) for _, path in files], int(image_size), channels, stream, workers)
     return PairDataset(
         name=name or root.name,
         images=images,
@@ -241,5 +245,70 @@ def load_class_folder(root: str | Path, image_size: int, channels: int = 3, name
         labels=torch.tensor([label for label, _ in files], dtype=torch.int64),
         ids=[path.relative_to(root).as_posix() for _, path in files],
         class_names=tuple(classes),
+        hierarchy=None,
+    )
+
+
+TAR_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+def load_tar_shards(
+    shards: list[str | Path], image_size: int, channels: int = 3, workers: int = 0, name: str | None = None
+) -> PairDataset:
+    """Image-text pairs from WebDataset-style tar shards, streamed (see :mod:`vlunlearn.data.streaming`).
+
+    Members that share a key (the path up to the first dot of the file name) form one item:
+    an image (``.jpg``, ``.jpeg``, ``.png``, ``.webp`` or ``.bmp``), and its caption in
+    ``.txt`` or in ``.json`` (``{"caption": ..., "concepts": [...]}``). The key is the item's
+    id. Only the tar headers and the small text members are read here; images are decoded
+    when a batch needs them.
+
+    Raises:
+        DataError: a shard that is missing or not a tar file, an item without an image or a
+            caption (naming shard and key), or no items at all.
+    """
+    items: dict[str, dict] = {}
+    for shard in map(Path, shards):
+        try:
+            with tarfile.open(shard) as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    folder, _, filename = member.name.rpartition("/")
+                    stem, _, suffix = filename.partition(".")
+                    key = f"{folder}/{stem}" if folder else stem
+                    item = items.setdefault(key, {"shard": str(shard)})
+                    suffix = suffix.lower()
+                    if suffix in TAR_IMAGE_SUFFIXES:
+                        item["image"] = member.name
+                    elif suffix in ("txt", "json"):
+                        item[suffix] = archive.extractfile(member).read().decode("utf-8")
+        except FileNotFoundError:
+            raise DataError(f"tar shard not found: {shard}") from None
+        except (tarfile.TarError, UnicodeDecodeError) as error:
+            raise DataError(f"{shard}: not a readable tar shard of images and UTF-8 captions ({error})") from None
+    if not items:
+        raise DataError(f"no items in {', '.join(map(str, shards)) or 'no shards'}")
+    sources, captions, concepts = [], [], []
+    for key, item in items.items():
+        where = f"{item['shard']}, item {key!r}"
+        meta = json.loads(item["json"]) if "json" in item else {}
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        caption = item.get("txt", caption)
+        if "image" not in item or not isinstance(caption, str) or not caption.strip():
+            raise DataError(f"{where}: every item needs an image and a caption (.txt, or 'caption' in .json)")
+        sources.append(ImageSource(item["shard"], item["image"], where))
+        captions.append((caption.strip(),))
+        concepts.append(frozenset(meta.get("concepts") or ()) if isinstance(meta, dict) else frozenset())
+    class_names = tuple(sorted(set().union(*concepts)))
+    index = {c: k for k, c in enumerate(class_names)}
+    return PairDataset(
+        name=name or Path(shards[0]).stem,
+        images=ImageFiles(sources, image_size, channels, workers),
+        captions=captions,
+        concepts=concepts,
+        labels=torch.tensor([index[next(iter(c))] if len(c) == 1 else -1 for c in concepts], dtype=torch.int64),
+        ids=list(items),
+        class_names=class_names,
         hierarchy=None,
     )
