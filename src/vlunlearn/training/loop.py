@@ -174,7 +174,7 @@ def train(
     history: list[dict[str, float]] = []
     faults: list[dict[str, float]] = []
     logs: dict[str, float] = {}
-    snapshot = _snapshot(model, optimizer, scheduler, start) if config.snapshot_every else None
+    snapshot = _snapshot(model, optimizer, scheduler, start, lr_scale[0]) if config.snapshot_every else None
     steps_done = config.steps
     started = time.perf_counter()
     bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress or not distributed.is_main())
@@ -271,7 +271,7 @@ def _stop_on_fault(description, faults, snapshot, state_path, model, optimizer, 
     raise TrainingError(message + "; lower the learning rate (--set lr=...) and rerun")
 
 
-def _snapshot(model: nn.Module, optimizer, scheduler, step: int, lr_scale: float = 1.0) -> dict:
+def _snapshot(model: nn.Module, optimizer, scheduler, step: int, lr_scale: float) -> dict:
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),
