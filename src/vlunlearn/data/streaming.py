@@ -80,9 +80,12 @@ def _pool(workers: int) -> Executor:
 
 
 @atexit.register
-def _shutdown_pools() -> None:
+def _release_at_exit() -> None:
+    """Shut the worker pools down and close the tar shards this process opened."""
     for pool in _POOLS.values():
         pool.shutdown(cancel_futures=True)
+    for shard in _OPEN_SHARDS.values():
+        shard.close()
 
 
 class ImageFiles:
