@@ -32,7 +32,11 @@ def _demo_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     results = demo_run(args.data, out, seed=args.seed, progress=not args.quiet)
-    _print_table(results, f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split, MIA AUC on D_f vs test):")
+    _print_table(
+        results,
+        f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; MIA AUC of D_f vs test; "
+        "gap = alignment gap; /retrain = time / retraining time):",
+    )
     print(f"\nReport: {out / 'report.md'}")
     return 0
 
