@@ -88,11 +88,27 @@ def _as_matrix(features, what: str) -> np.ndarray:
     return array
 
 
-def balanced_subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def _subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """``size`` of ``range(n)`` drawn without replacement, in increasing order (all of them if ``size >= n``)."""
     if size >= n:
         return np.arange(n)
     return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def balanced_indices(n_members: int, n_nonmembers: int, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices that subsample the larger group to the size of the smaller, drawn with
+    ``numpy.random.default_rng(seed)`` (members first), each in increasing order.
+
+    Raises ValueError when the smaller group has fewer than ``folds`` examples.
+    """
+    size = min(n_members, n_nonmembers)
+    if size < folds:
+        raise ValueError(
+            f"membership inference with {folds}-fold cross-validation needs at least {folds} examples per class "
+            f"after balancing; got {n_members} members and {n_nonmembers} non-members"
+        )
+    rng = np.random.default_rng(seed)
+    return _subsample(n_members, size, rng), _subsample(n_nonmembers, size, rng)
 
 
 def membership_inference(member_features, nonmember_features, folds: int = 5, seed: int = 0) -> dict:
@@ -115,15 +131,9 @@ def membership_inference(member_features, nonmember_features, folds: int = 5, se
     nonmembers = _as_matrix(nonmember_features, "non-member")
     if members.shape[1] != nonmembers.shape[1]:
         raise ValueError(f"members have {members.shape[1]} features but non-members {nonmembers.shape[1]}")
-    size = min(len(members), len(nonmembers))
-    if size < folds:
-        raise ValueError(
-            f"membership inference with {folds}-fold cross-validation needs at least {folds} examples per class "
-            f"after balancing; got {len(members)} members and {len(nonmembers)} non-members"
-        )
-    rng = np.random.default_rng(seed)
-    members = members[balanced_subsample(len(members), size, rng)]
-    nonmembers = nonmembers[balanced_subsample(len(nonmembers), size, rng)]
+    member_index, nonmember_index = balanced_indices(len(members), len(nonmembers), folds, seed)
+    members, nonmembers = members[member_index], nonmembers[nonmember_index]
+    size = len(members)
     x = np.concatenate([members, nonmembers])
     y = np.concatenate([np.ones(size, dtype=np.int64), np.zeros(size, dtype=np.int64)])
     probability = np.empty(len(y), dtype=np.float64)
@@ -149,15 +159,8 @@ def mia_metrics(model, members: PairDataset, nonmembers: PairDataset, tokenizer:
     ``mia_auc`` and ``mia_accuracy`` (fractions in [0, 1]) and the counts ``mia_members`` and
     ``mia_nonmembers`` (equal). See :func:`membership_inference` for the attacker.
     """
-    size = min(len(members), len(nonmembers))
-    if size < folds:
-        raise ValueError(
-            f"membership inference with {folds}-fold cross-validation needs at least {folds} pairs on each side; "
-            f"got {len(members)} members and {len(nonmembers)} non-members"
-        )
-    rng = np.random.default_rng(seed)
-    members = members.subset(torch.from_numpy(balanced_subsample(len(members), size, rng)))
-    nonmembers = nonmembers.subset(torch.from_numpy(balanced_subsample(len(nonmembers), size, rng)))
+    member_index, nonmember_index = balanced_indices(len(members), len(nonmembers), folds, seed)
+    members, nonmembers = members.subset(torch.from_numpy(member_index)), nonmembers.subset(torch.from_numpy(nonmember_index))
     gallery = sorted(set(members.canonical_captions()) | set(nonmembers.canonical_captions()))
     result = membership_inference(
         membership_features(model, members, tokenizer, gallery, batch_size),
