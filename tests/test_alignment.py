@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.fakes import FakeTokenizer, fake_model
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.alignment import (
     alignment_audit,
@@ -21,28 +21,6 @@ from vlunlearn.evaluation.alignment import (
 )
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
 from vlunlearn.models import build_model
-
-
-class FakeTokenizer:
-    """Maps each known text to a one-token row holding its index."""
-
-    def __init__(self, texts):
-        self.index = {text: i for i, text in enumerate(texts)}
-
-    def __call__(self, texts, context_length=77):
-        return torch.tensor([[self.index[t]] for t in texts], dtype=torch.long)
-
-
-def _fake(geometry, image_table, text_table, c=None):
-    """Image ``i`` (all pixels equal to ``i``) embeds to ``image_table[i]``; text token ``k`` to ``text_table[k]``."""
-    return SimpleNamespace(
-        geometry=geometry,
-        curvature=lambda: None if c is None else torch.tensor(c, dtype=torch.float64),
-        config=SimpleNamespace(context_length=77),
-        eval=lambda: None,
-        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
-        encode_text=lambda tokens: text_table[tokens[:, 0]],
-    )
 
 
 def _dataset(n: int) -> PairDataset:
@@ -63,7 +41,7 @@ def _setup(n: int, geometry=EUCLIDEAN, c=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     captions = torch.randn(n + 1, 4, generator=generator, dtype=torch.float64)
-    return data, FakeTokenizer(texts), _fake(geometry, images, captions, c), images, captions[1:]
+    return data, FakeTokenizer(texts), fake_model(geometry, images, captions, c), images, captions[1:]
 
 
 def _cosine(x, y):
@@ -124,7 +102,7 @@ def test_concept_audit_contrasts_forget_rows_with_retain_captions():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(6, 4, generator=generator, dtype=torch.float64)
     captions = torch.randn(4, 4, generator=generator, dtype=torch.float64)
-    model = _fake(EUCLIDEAN, images, captions)
+    model = fake_model(EUCLIDEAN, images, captions)
     tokenizer = FakeTokenizer(texts)
     # forget-only: every off-diagonal entry repeats the diagonal's caption, so there is no gap to measure
     assert math.isnan(alignment_audit(model, forget, tokenizer)["gap"])
@@ -186,7 +164,7 @@ def test_lorentz_matrix_is_the_negative_geodesic_distance():
     c = 0.5
     data, tokenizer, _, tangent_images, tangent_captions = _setup(6)
     images, captions = lorentz.exp_map0(tangent_images, c), lorentz.exp_map0(tangent_captions, c)
-    model = _fake(LORENTZ, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), captions]), c)
+    model = fake_model(LORENTZ, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), captions]), c)
     matrix = alignment_matrix(model, data, tokenizer, max_pairs=6)
     # written out: arcosh(-c <x, y>_L) / sqrt(c)
     xt = torch.sqrt(1 / c + (images**2).sum(1))
@@ -198,7 +176,7 @@ def test_lorentz_matrix_is_the_negative_geodesic_distance():
 def test_audit_is_json_ready_and_consistent():
     data, tokenizer, model, images, captions = _setup(10)
     # make the pairs aligned: caption i equals image i plus a little noise
-    model = _fake(EUCLIDEAN, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), images + 0.01]))
+    model = fake_model(EUCLIDEAN, images, torch.cat([torch.zeros(1, 4, dtype=torch.float64), images + 0.01]))
     audit = alignment_audit(model, data, tokenizer, max_pairs=4, seed=1)
     json.dumps(audit)
     rows = alignment_selection(10, 4, 1).tolist()

@@ -5,11 +5,11 @@ or opposite), and MERU's image traversal from an image to the origin."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.fakes import FakeTokenizer, fake_model
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.hierarchy import (
     ROOT,
@@ -22,28 +22,6 @@ from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
 from vlunlearn.models import build_model
 
 D = torch.float64
-
-
-class FakeTokenizer:
-    """Maps each known text to a one-token row holding its index."""
-
-    def __init__(self, texts):
-        self.index = {text: i for i, text in enumerate(texts)}
-
-    def __call__(self, texts, context_length=77):
-        return torch.tensor([[self.index[t]] for t in texts], dtype=torch.long)
-
-
-def _fake(image_table, text_table, c, geometry=LORENTZ):
-    """Image ``i`` (all pixels equal to ``i``) embeds to ``image_table[i]``; text token ``k`` to ``text_table[k]``."""
-    return SimpleNamespace(
-        geometry=geometry,
-        curvature=lambda: torch.tensor(c, dtype=D),
-        config=SimpleNamespace(context_length=77),
-        eval=lambda: None,
-        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
-        encode_text=lambda tokens: text_table[tokens[:, 0]],
-    )
 
 
 def _dataset(captions, labels, class_names=("a", "b", "c")) -> PairDataset:
@@ -73,7 +51,7 @@ def test_distance_to_origin_by_concept_matches_a_hand_computation():
     norms = torch.sinh(math.sqrt(c) * radii) / math.sqrt(c)
     images = torch.stack([norms[0] * _unit(0.3), norms[1] * _unit(2.0), norms[2] * _unit(-1.0), norms[3] * _unit(1.0)])
     data = _dataset(["x.", "y.", "z.", "w."], labels=[0, 0, 1, -1])
-    model = _fake(images, torch.zeros(1, 2, dtype=D), c)
+    model = fake_model(LORENTZ, images, torch.zeros(1, 2, dtype=D), c)
     result = distance_to_origin_by_concept(model, data, FakeTokenizer([]))
     assert list(result) == ["a", "b"]  # class order; "c" has no image; the -1 item is ignored
     assert result["a"] == pytest.approx(1.5)
@@ -92,7 +70,7 @@ def _entailment_setup(image_sign: list[float], c: float = 1.0):
     image_points = torch.stack([lorentz.exp_map0(3.0 * s * _unit(angles[k]), c) for s, k in zip(image_sign, labels)])
     texts = [f"caption {k}." for k in range(3)]
     data = _dataset([texts[k] for k in labels], labels)
-    return _fake(image_points, caption_points, c), data, FakeTokenizer(texts)
+    return fake_model(LORENTZ, image_points, caption_points, c), data, FakeTokenizer(texts)
 
 
 @pytest.mark.parametrize("c", [1.0, 0.3])
@@ -115,12 +93,12 @@ def test_entailment_rate_respects_the_aperture():
     expected = sum(a <= aperture for a in angles) / len(angles)
     assert 0 < expected < 1
     data = _dataset(["caption 0."] * len(candidates), [0] * len(candidates))
-    model = _fake(torch.stack(candidates), caption, c)
+    model = fake_model(LORENTZ, torch.stack(candidates), caption, c)
     assert entailment_rate(model, data, FakeTokenizer(["caption 0."])) == pytest.approx(expected)
 
 
 def test_euclidean_models_are_refused():
-    model = _fake(torch.zeros(1, 2, dtype=D), torch.zeros(1, 2, dtype=D), 1.0, geometry=EUCLIDEAN)
+    model = fake_model(EUCLIDEAN, torch.zeros(1, 2, dtype=D), torch.zeros(1, 2, dtype=D), 1.0)
     data = _dataset(["caption 0."], [0])
     tokenizer = FakeTokenizer(["caption 0."])
     for fn in (distance_to_origin_by_concept, entailment_rate, distance_to_origin_by_level):
@@ -143,7 +121,7 @@ def _traversal_model(c: float = 1.0):
     )
     texts = ["sneaker", "footwear a", "footwear b", "bag", "dress"]
     images = lorentz.exp_map0(torch.tensor([[4.0, 0.0], [0.0, 4.0]], dtype=D), c)
-    return _fake(images, lorentz.exp_map0(tangent_texts, c), c), FakeTokenizer(texts)
+    return fake_model(LORENTZ, images, lorentz.exp_map0(tangent_texts, c), c), FakeTokenizer(texts)
 
 
 PROMPTS = {"sneaker": ["sneaker"], "footwear": ["footwear a", "footwear b"], "bag": "bag", "dress": ["dress"]}

@@ -1,0 +1,31 @@
+"""Stand-ins shared by the metric tests: a tokenizer of known texts and a model whose embeddings
+are given tables, so that metrics can be checked against hand-computed values."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+
+class FakeTokenizer:
+    """Maps each known text to a one-token row holding its index."""
+
+    def __init__(self, texts):
+        self.index = {text: i for i, text in enumerate(texts)}
+
+    def __call__(self, texts, context_length=77):
+        return torch.tensor([[self.index[t]] for t in texts], dtype=torch.long)
+
+
+def fake_model(geometry, image_table, text_table, c=None):
+    """Image ``i`` (all pixels equal to ``i``) embeds to ``image_table[i]``; text token ``k`` to
+    ``text_table[k]``; curvature ``c`` (float64), or ``None`` for a Euclidean model."""
+    return SimpleNamespace(
+        geometry=geometry,
+        curvature=lambda: None if c is None else torch.tensor(c, dtype=torch.float64),
+        config=SimpleNamespace(context_length=77),
+        eval=lambda: None,
+        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
+        encode_text=lambda tokens: text_table[tokens[:, 0]],
+    )
