@@ -165,7 +165,7 @@ def unlearn_run(
         raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
     checkpoint_file = check_checkpoint_file(checkpoint, sha256)
     model = load_any(checkpoint)
-    metadata = read_metadata(checkpoint) if Path(checkpoint).is_dir() else {}
+    metadata = _metadata(checkpoint)
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
     seed = recipe.seed if recipe is not None else 0
     train_data, test_split = load_data(data_name, test_data, model.config, seed=seed, workers=workers)
@@ -303,7 +303,7 @@ def evaluation_record(
     return {
         "model": model.config.name,
         "geometry": model.config.geometry,
-        "forget": list(splits.request.concepts) or [f"{len(splits.request.sample_ids)} samples"],
+        "forget": _forget_label(splits.request.to_dict()),
         "method": method,
         "metrics": metrics,
         "artifacts": artifacts,
@@ -354,8 +354,7 @@ def evaluate_run(
     if len(expected) != len(checkpoints):
         raise VlunlearnError(f"{len(expected)} --sha256 digests for {len(checkpoints)} --checkpoint paths; give one per checkpoint")
     digests = [check_checkpoint_file(path, digest) for path, digest in zip(checkpoints, expected)]
-    metadata = [read_metadata(path) if Path(path).is_dir() else {} for path in checkpoints]
-    provenance = [entry.get("unlearn", {}) for entry in metadata]
+    provenance = [_metadata(path).get("unlearn", {}) for path in checkpoints]
     if request is None:
         recorded = next((p["request"] for p in provenance if "request" in p), None)
         if recorded is None:
@@ -366,20 +365,21 @@ def evaluate_run(
     if original is None:
         source = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
         original = source if source is not None and source.exists() else None
-    train_data, test_split = load_data(data_name, test_data, load_any(checkpoints[0]).config, seed=seed, workers=workers)
-    splits = make_splits(train_data, test_split, request)
-    tokenizer = Tokenizer()
 
     entries: list[tuple[str, Path]] = [("original", Path(original))] if original is not None else []
     if retrain is not None:
         entries.append(("retrain", Path(retrain)))
     for path, recorded in zip(checkpoints, provenance):
         entries.append((recorded.get("method") or Path(path).resolve().parent.name, Path(path)))
+    first_model = load_any(entries[0][1])  # its input size and channels decide how users' images are read
+    train_data, test_split = load_data(data_name, test_data, first_model.config, seed=seed, workers=workers)
+    splits = make_splits(train_data, test_split, request)
+    tokenizer = Tokenizer()
     group = []
-    for method, path in tqdm(entries, desc="evaluate", unit="model", disable=not progress):
-        recorded = read_metadata(path) if path.is_dir() else {}
+    for index, (method, path) in enumerate(tqdm(entries, desc="evaluate", unit="model", disable=not progress)):
+        recorded = _metadata(path)
         run = recorded.get("unlearn", {}).get("run") or recorded.get("run") or {}  # cost, when a run recorded it
-        model = load_any(path)
+        model = first_model if index == 0 else load_any(path)
         if group and model.config.geometry != group[0]["geometry"]:
             raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {group[0]['geometry']}")
         cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
@@ -475,12 +475,25 @@ def report_run(sources: list[Path], out: Path) -> dict:
     return results
 
 
+def _metadata(path: Path) -> dict:
+    """The metadata stored with a native model folder; none for other checkpoint files."""
+    return read_metadata(path) if Path(path).is_dir() else {}
+
+
+def _forget_label(request: dict) -> list[str]:
+    """What a record's ``forget`` field shows: the concepts, or ``["<n> samples"]``."""
+    return list(request.get("concepts") or []) or [f"{len(request.get('sample_ids') or [])} samples"]
+
+
 def _records_of(document: dict, path: Path) -> list[dict]:
     if isinstance(document.get("records"), list):
         return document["records"]
     if document.get("kind") == "unlearn":
-        concepts = list(document["request"].get("concepts") or []) or [f"{len(document['request'].get('sample_ids', []))} samples"]
-        base = {"model": document.get("model", "?"), "geometry": document.get("geometry", "?"), "forget": concepts}
+        base = {
+            "model": document.get("model", "?"),
+            "geometry": document.get("geometry", "?"),
+            "forget": _forget_label(document["request"]),
+        }
         run = document.get("run", {})
         return [
             {**base, "method": "original", "metrics": document["metrics"]["original"]},

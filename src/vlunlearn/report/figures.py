@@ -20,7 +20,9 @@ from torch import Tensor
 
 from vlunlearn.errors import VlunlearnError
 from vlunlearn.evaluation.alignment import alignment_gap
+from vlunlearn.evaluation.oracle import as_number
 from vlunlearn.io import atomic_path
+from vlunlearn.report.markdown import group_key
 
 __all__ = [
     "alignment_heatmaps",
@@ -214,15 +216,6 @@ def poincare_disk(
     return _save(fig, path)
 
 
-def _metric(record: Mapping[str, Any], key: str) -> float | None:
-    value = (record.get("metrics") or {}).get(key)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def forget_retain_scatter(records: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> Path:
     """Test-forget accuracy (x) against test-retain accuracy (y): one panel per (model,
     geometry, forget set) group, one point per record with both metrics, coloured by method
@@ -232,12 +225,12 @@ def forget_retain_scatter(records: Sequence[Mapping[str, Any]], path: str | Path
     groups: dict[tuple, list[tuple[str, float, float]]] = {}
     methods: list[str] = []
     for record in records:
-        x, y = _metric(record, "zs_test_forget"), _metric(record, "zs_test_retain")
+        metrics = record.get("metrics") or {}
+        x, y = as_number(metrics.get("zs_test_forget")), as_number(metrics.get("zs_test_retain"))
         if x is None or y is None:
             continue
         method = str(record.get("method", "?"))
-        key = (str(record.get("model", "?")), str(record.get("geometry", "?")), tuple(record.get("forget") or ()))
-        groups.setdefault(key, []).append((method, x, y))
+        groups.setdefault(group_key(record), []).append((method, x, y))
         if method not in methods and method not in ("original", "retrain"):
             methods.append(method)
     if not groups:
