@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.evaluation.retrieval import caption_positives
 from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
 
 
@@ -98,9 +99,7 @@ def alignment_gap(matrix: Tensor, captions: Sequence[str] | None = None, rows: i
     else:
         if len(captions) != n:
             raise ValueError(f"{len(captions)} captions for a {n} x {n} alignment matrix")
-        codes = {caption: k for k, caption in enumerate(dict.fromkeys(captions))}
-        code = torch.tensor([codes[caption] for caption in captions])
-        mismatched = code[:, None] != code[None, :]
+        mismatched = ~caption_positives(captions)
     mismatched = mismatched[:rows]
     if rows < 1 or not bool(mismatched.any()):
         raise ValueError("the alignment gap needs at least one mismatched pair (two pairs with different captions)")
