@@ -17,7 +17,7 @@ from vlunlearn.methods.retrain import ORACLE, retrain
 from vlunlearn.models import ContrastiveModel
 from vlunlearn.provenance import seed_everything
 from vlunlearn.training.batches import PairSampler, TokenCache
-from vlunlearn.training.loop import OptimConfig, train
+from vlunlearn.training.loop import OptimConfig, checkpoint_interval, train
 from vlunlearn.training.pretrain import PretrainConfig
 
 
@@ -126,7 +126,7 @@ def unlearn(
     )
     optim = OptimConfig(
         steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-        cosine=False, checkpoint_every=checkpoint_every or max(1, config.steps // 10), precision=precision,
+        cosine=False, checkpoint_every=checkpoint_interval(config.steps, checkpoint_every), precision=precision,
     )
     should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
     result = train(

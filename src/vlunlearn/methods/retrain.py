@@ -14,7 +14,7 @@ from typing import Any
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.methods.base import make_config_values
 from vlunlearn.models import ContrastiveModel
-from vlunlearn.training.loop import TrainResult
+from vlunlearn.training.loop import TrainResult, checkpoint_interval
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 
 ORACLE = "retrain"
@@ -45,7 +45,7 @@ def retrain(
     recipe = replace(recipe, **make_config_values(PretrainConfig, overrides))
     retrained, result = pretrain(
         recipe, retain, tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume,
-        checkpoint_every=checkpoint_every or max(1, recipe.steps // 10), precision=precision,
+        checkpoint_every=checkpoint_interval(recipe.steps, checkpoint_every), precision=precision,
         grad_checkpointing=grad_checkpointing,
     )
     return retrained, result, recipe

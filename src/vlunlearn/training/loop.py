@@ -107,6 +107,12 @@ class OptimConfig:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def checkpoint_interval(steps: int, every: int | None = None) -> int:
+    """``every``, or by default a tenth of a run of ``steps`` (at least 1): how often unlearning
+    and retraining runs save their training state."""
+    return every or max(1, steps // 10)
+
+
 @dataclass
 class TrainResult:
     steps: int
