@@ -29,3 +29,20 @@ def fake_model(geometry, image_table, text_table, c=None):
         encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
         encode_text=lambda tokens: text_table[tokens[:, 0]],
     )
+
+
+def random_clothing_pairs(names, labels=None, class_names=()):
+    """Random 28x28 grey images captioned ``"a photo of a <name>."`` (under a generic caption),
+    for smoke tests on an untrained tiny model; ``labels`` default to -1."""
+    from vlunlearn.data import PairDataset
+
+    n = len(names)
+    return PairDataset(
+        name="smoke",
+        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
+        captions=[("a photo of clothing.", f"a photo of a {name}.") for name in names],
+        concepts=[frozenset() for _ in range(n)],
+        labels=torch.full((n,), -1) if labels is None else torch.tensor(labels),
+        ids=[f"s{i}" for i in range(n)],
+        class_names=class_names,
+    )

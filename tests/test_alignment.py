@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tests.fakes import FakeTokenizer, fake_model
+from tests.fakes import FakeTokenizer, fake_model, random_clothing_pairs
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.alignment import (
     alignment_audit,
@@ -192,16 +192,7 @@ def test_audit_is_json_ready_and_consistent():
 def test_audit_of_an_untrained_tiny_meru():
     torch.manual_seed(0)
     model = build_model("tiny", "lorentz")
-    n = 3
-    data = PairDataset(
-        name="smoke",
-        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
-        captions=[("a photo of clothing.", f"a photo of a {name}.") for name in ("bag", "coat", "shirt")],
-        concepts=[frozenset() for _ in range(n)],
-        labels=torch.full((n,), -1),
-        ids=[f"s{i}" for i in range(n)],
-        class_names=(),
-    )
+    data = random_clothing_pairs(("bag", "coat", "shirt"))
     audit = alignment_audit(model, data, Tokenizer(), max_pairs=8)
     matrix = torch.tensor(audit["matrix"])
     assert matrix.shape == (3, 3) and bool((matrix <= 0).all())  # negative distances

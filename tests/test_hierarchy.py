@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.fakes import FakeTokenizer, fake_model
+from tests.fakes import FakeTokenizer, fake_model, random_clothing_pairs
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.hierarchy import (
     ROOT,
@@ -169,16 +169,7 @@ def test_traversal_rejects_bad_arguments():
 def test_diagnostics_run_on_an_untrained_tiny_meru():
     torch.manual_seed(0)
     model = build_model("tiny", "lorentz")
-    n = 4
-    data = PairDataset(
-        name="smoke",
-        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
-        captions=[("a photo of clothing.", f"a photo of a {name}.") for name in ("bag", "coat", "bag", "shirt")],
-        concepts=[frozenset() for _ in range(n)],
-        labels=torch.tensor([0, 1, 0, -1]),
-        ids=[f"s{i}" for i in range(n)],
-        class_names=("bag", "coat", "shirt"),
-    )
+    data = random_clothing_pairs(("bag", "coat", "bag", "shirt"), labels=[0, 1, 0, -1], class_names=("bag", "coat", "shirt"))
     tokenizer = Tokenizer()
     rate = entailment_rate(model, data, tokenizer)
     assert 0.0 <= rate <= 1.0
