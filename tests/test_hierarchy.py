@@ -58,6 +58,22 @@ def test_distance_to_origin_by_concept_matches_a_hand_computation():
     assert result["b"] == pytest.approx(3.0)
 
 
+def test_distance_to_origin_by_concept_can_group_multi_item_scenes_by_every_class_they_show():
+    c = 1.0
+    radii = torch.tensor([1.0, 2.0, 4.0], dtype=D)
+    images = torch.stack([(torch.sinh(r) * _unit(0.5 * k)) for k, r in enumerate(radii)])  # d0 = radii
+    data = _dataset(["x.", "y.", "z."], labels=[-1, 0, 2])
+    data.concepts = [frozenset({"a", "b", "family"}), frozenset({"a", "family"}), frozenset({"c"})]
+    model = fake_model(LORENTZ, images, torch.zeros(1, 2, dtype=D), c)
+    by_labels = distance_to_origin_by_concept(model, data, FakeTokenizer([]))
+    assert by_labels == pytest.approx({"a": 2.0, "c": 4.0})  # the -1 scene is ignored
+    by_concepts = distance_to_origin_by_concept(model, data, FakeTokenizer([]), group_by="concepts")
+    assert list(by_concepts) == ["a", "b", "c"]  # "family" is not a class
+    assert by_concepts == pytest.approx({"a": 1.5, "b": 1.0, "c": 4.0})
+    with pytest.raises(ValueError, match="group_by"):
+        distance_to_origin_by_concept(model, data, FakeTokenizer([]), group_by="ids")
+
+
 # --------------------------------------------------------------------------- entailment rate
 
 

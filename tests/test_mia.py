@@ -1,6 +1,10 @@
-"""Membership inference: the attacker is at chance on identically distributed features and near
-perfect on separable ones, balances unequal groups, is deterministic for a seed and refuses too
-few examples; the per-pair features (similarity, in-batch loss, caption rank) on fake models."""
+"""Membership inference: the scores (closed-form balanced accuracy and TPR at 1% FPR, a bootstrap
+AUC interval that is deterministic, narrows with n and excludes 0.5 only for a real signal); the
+cross-validated attacker is at chance on identically distributed features and near perfect on
+separable ones, balances unequal groups, is deterministic for a seed and refuses too few
+examples; the calibrated attacker transfers a signal learned on reference sets and finds none
+where the targets were forgotten; the per-pair features (similarity, gallery loss, caption rank)
+and both attacks on fake models."""
 
 from __future__ import annotations
 
@@ -12,26 +16,100 @@ import pytest
 import torch
 
 from vlunlearn.data import PairDataset
-from vlunlearn.evaluation.mia import FEATURE_NAMES, membership_features, membership_inference, mia_metrics
+from vlunlearn.evaluation.mia import (
+    FEATURE_NAMES,
+    calibrated_attack,
+    membership_features,
+    membership_inference,
+    mia_metrics,
+    score_attack,
+)
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ
 
-# --------------------------------------------------------------------------- membership_inference
-
+SCORE_KEYS = {"auc", "auc_low", "auc_high", "balanced_accuracy", "tpr_at_1_fpr", "members", "nonmembers"}
 
 def _gaussian(n: int, shift: float, seed: int, dims: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, dims)) + shift
 
 
+# --------------------------------------------------------------------------- score_attack
+
+
+def test_scores_of_hand_made_probabilities():
+    members, nonmembers = [0.9, 0.8, 0.55, 0.45, 0.2], [0.6, 0.4]
+    result = score_attack(members, torch.tensor(nonmembers), resamples=50)
+    assert set(result) == SCORE_KEYS and result["members"] == 5 and result["nonmembers"] == 2
+    # member beats non-member in 2 + 2 + 1 + 1 + 0 of 10 pairs
+    assert result["auc"] == pytest.approx(0.6)
+    # > 0.5: 3 of 5 members called members, 1 of 2 non-members called non-members (plain accuracy 4/7)
+    assert result["balanced_accuracy"] == pytest.approx((3 / 5 + 1 / 2) / 2)
+    # FPR <= 1% of 2 non-members allows none above the threshold: members above 0.6
+    assert result["tpr_at_1_fpr"] == pytest.approx(2 / 5)
+
+
+def test_tpr_at_1_fpr_allows_exactly_one_percent_of_false_positives():
+    # 200 non-members: 2 false positives (FPR 0.01) are allowed, 3 are not
+    nonmembers = [0.1] * 197 + [0.95, 0.85, 0.75]
+    members = [0.99, 0.9, 0.8, 0.7, 0.6]
+    # threshold 0.8: non-members 0.95 and 0.85 above it, members 0.99, 0.9 and 0.8
+    assert score_attack(members, nonmembers, resamples=50)["tpr_at_1_fpr"] == pytest.approx(3 / 5)
+    assert score_attack([0.5, 0.6], [0.7, 0.8], resamples=50)["tpr_at_1_fpr"] == 0.0
+
+
+def _interval(result: dict) -> tuple[float, float]:
+    return result["auc_low"], result["auc_high"]
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0.3, 1.0, 60), rng.normal(0.0, 1.0, 40)
+    result = score_attack(members, nonmembers, seed=1)
+    assert result["auc_low"] < result["auc"] < result["auc_high"]
+    assert score_attack(members.copy(), nonmembers.copy(), seed=1) == result
+    assert _interval(score_attack(members, nonmembers, seed=2)) != _interval(result)
+    assert score_attack(members, nonmembers, seed=2)["auc"] == result["auc"]  # the estimate is not resampled
+
+
+def test_bootstrap_interval_narrows_as_n_grows():
+    rng = np.random.default_rng(1)
+    small = score_attack(rng.normal(0.5, 1.0, 40), rng.normal(0.0, 1.0, 40), resamples=300)
+    large = score_attack(rng.normal(0.5, 1.0, 640), rng.normal(0.0, 1.0, 640), resamples=300)
+    # the width shrinks like 1 / sqrt(n): about 4 times narrower for 16 times the data
+    assert large["auc_high"] - large["auc_low"] < 0.4 * (small["auc_high"] - small["auc_low"])
+
+
+def test_bootstrap_interval_excludes_chance_only_for_a_real_signal():
+    rng = np.random.default_rng(2)
+    separated = score_attack(rng.normal(1.5, 1.0, 50), rng.normal(0.0, 1.0, 50))
+    assert 0.5 < separated["auc_low"] and separated["auc"] > 0.8, separated
+    same = score_attack(rng.normal(0.0, 1.0, 50), rng.normal(0.0, 1.0, 50))
+    assert same["auc_low"] < 0.5 < same["auc_high"], same
+
+
+def test_scores_refuse_bad_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        score_attack([0.5], [0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        score_attack([0.5, np.nan], [0.1, 0.2])
+
+
+# --------------------------------------------------------------------------- membership_inference
+
+
 def test_identically_distributed_features_give_chance():
     result = membership_inference(_gaussian(200, 0.0, 1), _gaussian(200, 0.0, 2))
+    assert set(result) == SCORE_KEYS | {"accuracy"}
     assert abs(result["auc"] - 0.5) < 0.1, result
     assert abs(result["accuracy"] - 0.5) < 0.1, result
+    assert result["balanced_accuracy"] == pytest.approx(result["accuracy"])  # balanced classes
+    assert result["auc_low"] < 0.5 < result["auc_high"], result
     assert result["members"] == result["nonmembers"] == 200
 
 
 def test_separable_features_are_found():
     result = membership_inference(torch.from_numpy(_gaussian(200, 4.0, 1)), torch.from_numpy(_gaussian(200, 0.0, 2)))
     assert result["auc"] > 0.95 and result["accuracy"] > 0.95, result
+    assert result["auc_low"] > 0.9 and result["tpr_at_1_fpr"] > 0.5, result
     # the signal may sit in one feature among noise, at any scale (features are standardised)
     members, nonmembers = _gaussian(100, 0.0, 3), _gaussian(100, 0.0, 4)
     members[:, 1] = members[:, 1] * 1e-3 + 1e4
@@ -70,6 +148,41 @@ def test_too_few_examples_and_bad_inputs_raise():
         membership_inference(bad, _gaussian(10, 0.0, 1))
     with pytest.raises(ValueError, match="folds"):
         membership_inference(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), folds=1)
+
+
+# --------------------------------------------------------------------------- calibrated_attack
+
+
+def test_calibrated_attack_transfers_the_reference_signal():
+    """Members shifted in the reference and the target sets: the attack learned on the reference
+    finds the targets ("did not forget"); target members like non-members: chance ("forgot")."""
+    reference_members, reference_nonmembers = _gaussian(200, 1.5, 11), _gaussian(150, 0.0, 12)
+    remembered = calibrated_attack(reference_members, reference_nonmembers, _gaussian(80, 1.5, 13),
+                                   torch.from_numpy(_gaussian(60, 0.0, 14)), seed=0)
+    assert set(remembered) == SCORE_KEYS
+    assert remembered["members"] == remembered["nonmembers"] == 60  # targets balanced
+    assert remembered["auc"] > 0.9 and remembered["auc_low"] > 0.8, remembered
+    forgot = calibrated_attack(reference_members, reference_nonmembers, _gaussian(80, 0.0, 15), _gaussian(60, 0.0, 14))
+    assert abs(forgot["auc"] - 0.5) < 0.1 and forgot["auc_low"] < 0.5 < forgot["auc_high"], forgot
+    assert forgot["tpr_at_1_fpr"] < remembered["tpr_at_1_fpr"], (forgot, remembered)
+
+
+def test_calibrated_attack_uses_the_reference_direction():
+    # the reference says members are LOW on feature 0; targets whose members are high score below chance
+    reference_members, reference_nonmembers = _gaussian(100, -1.5, 16, dims=1), _gaussian(100, 0.0, 17, dims=1)
+    result = calibrated_attack(reference_members, reference_nonmembers, _gaussian(50, 1.5, 18, dims=1),
+                               _gaussian(50, 0.0, 19, dims=1))
+    assert result["auc"] < 0.2, result
+    assert calibrated_attack(reference_members, reference_nonmembers, _gaussian(50, 1.5, 18, dims=1),
+                             _gaussian(50, 0.0, 19, dims=1)) == result
+
+
+def test_calibrated_attack_refuses_bad_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        calibrated_attack(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), _gaussian(1, 0.0, 2), _gaussian(10, 0.0, 3))
+    with pytest.raises(ValueError, match="features"):
+        calibrated_attack(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), _gaussian(10, 0.0, 2, dims=2),
+                          _gaussian(10, 0.0, 3))
 
 
 # --------------------------------------------------------------------------- features on fake models
@@ -187,13 +300,55 @@ def test_mia_metrics_separates_aligned_members_from_unaligned_nonmembers():
     members = _dataset(captions[:n_members], "forget")
     nonmembers = _dataset(captions[n_members:], "test", offset=n_members)
 
-    result = mia_metrics(model, members, nonmembers, tokenizer, seed=0)
-    assert set(result) == {"mia_auc", "mia_accuracy", "mia_members", "mia_nonmembers"}
+    result = mia_metrics(model, members, nonmembers, tokenizer, seed=0, resamples=200)
+    assert set(result) == {f"mia_{key}" for key in SCORE_KEYS | {"accuracy"}}
     assert result["mia_members"] == result["mia_nonmembers"] == 20
     assert result["mia_auc"] > 0.95 and result["mia_accuracy"] > 0.9, result
-    assert mia_metrics(model, members, nonmembers, tokenizer, seed=0) == result
+    assert result["mia_auc_low"] > 0.8, result
+    assert mia_metrics(model, members, nonmembers, tokenizer, seed=0, resamples=200) == result
     # swapping the roles leaves the attack as strong (the logistic regression learns the sign)
-    swapped = mia_metrics(model, nonmembers, members, tokenizer, seed=0)
+    swapped = mia_metrics(model, nonmembers, members, tokenizer, seed=0, resamples=200)
     assert swapped["mia_auc"] > 0.95
     with pytest.raises(ValueError, match="at least 5"):
         mia_metrics(model, members, nonmembers.subset(range(4)), tokenizer)
+
+
+def _aligned_sets(aligned: list[bool], n: int = 40, dims: int = 16):
+    """One fake model and four datasets of ``n`` pairs with distinct captions; set k's images
+    are its captions' embeddings plus a little noise where ``aligned[k]``, unrelated otherwise."""
+    generator = torch.Generator().manual_seed(4)
+    text = torch.randn(len(aligned) * n, dims, generator=generator)
+    images = torch.randn(len(aligned) * n, dims, generator=generator)
+    for k, is_aligned in enumerate(aligned):
+        if is_aligned:
+            rows = slice(k * n, (k + 1) * n)
+            images[rows] = text[rows] + 0.3 * torch.randn(n, dims, generator=generator)
+    captions = [f"c{i}" for i in range(len(aligned) * n)]
+    model, tokenizer = _fake_model(images, {c: text[i] for i, c in enumerate(captions)})
+    sets = [_dataset(captions[k * n:(k + 1) * n], f"set{k}", offset=k * n) for k in range(len(aligned))]
+    return model, tokenizer, sets
+
+
+def test_mia_metrics_calibrated_attack_on_a_fake_model():
+    # order: D_f, test-forget, D_r, test-retain; trained-on sets are aligned
+    model, tokenizer, (forget, test_forget, retain, test_retain) = _aligned_sets([True, False, True, False])
+    result = mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain,
+                         reference_nonmembers=test_retain, resamples=200)
+    assert set(result) == {f"mia_{key}" for key in SCORE_KEYS | {"accuracy"}} | {
+        f"mia_calibrated_{key}" for key in SCORE_KEYS}
+    assert result["mia_calibrated_members"] == result["mia_calibrated_nonmembers"] == 40
+    assert result["mia_calibrated_auc"] > 0.95 and result["mia_calibrated_auc_low"] > 0.8, result
+    assert result["mia_calibrated_balanced_accuracy"] > 0.8, result
+
+    # D_f forgotten: no longer aligned, like test-forget, while D_r still is
+    model, tokenizer, (forget, test_forget, retain, test_retain) = _aligned_sets([False, False, True, False])
+    forgot = mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain,
+                         reference_nonmembers=test_retain, resamples=200)
+    assert forgot["mia_calibrated_auc_low"] < 0.5 < forgot["mia_calibrated_auc_high"], forgot
+    assert forgot["mia_auc_low"] < 0.5 < forgot["mia_auc_high"], forgot
+
+    capped = mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain,
+                         reference_nonmembers=test_retain, resamples=50, max_pairs=20)
+    assert capped["mia_members"] == capped["mia_calibrated_members"] == 20
+    with pytest.raises(ValueError, match="both"):
+        mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain)

@@ -1,5 +1,6 @@
 """Recall@K on hand-built similarity matrices (ranks, custom positives, capped k, ties) and
-retrieval_metrics on a fake model whose embeddings are fixed, where duplicate captions count as hits."""
+retrieval_metrics on a fake model whose embeddings are fixed: deduplicated caption galleries,
+positives by the item's own caption, and queries against a larger gallery."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 import torch
 
 from vlunlearn.data import PairDataset
-from vlunlearn.evaluation.retrieval import best_positive_rank, caption_positives, recall_at_k, retrieval_metrics
+from vlunlearn.evaluation.retrieval import (
+    best_positive_rank,
+    caption_positives,
+    gallery_positions,
+    recall_at_k,
+    retrieval_metrics,
+)
 from vlunlearn.geometry import EUCLIDEAN
 
 # --------------------------------------------------------------------------- recall_at_k
@@ -127,27 +134,69 @@ def _fake_model(image_table: torch.Tensor, text_table: dict[str, list[float]]):
     return model, tokenizer
 
 
-def test_retrieval_metrics_count_identical_captions_as_hits():
+def test_retrieval_metrics_rank_against_distinct_captions():
     captions = ["a cat", "a dog", "a cat", "a bird"]
     images = torch.tensor([
-        [1.0, 0.0, 0.0],     # -> cat (text 0): hit
+        [1.0, 0.0, 0.0],     # -> cat: hit
         [0.6, 0.8, 0.0],     # -> dog (0.8) before cat (0.6): hit
-        [0.9, 0.0, 0.436],   # -> cat; the tie of texts 0 and 2 goes to text 0, the same string: hit
-        [0.8, 0.0, 0.6],     # -> cat, cat, then bird at rank 2: miss at 1, hit at 5
+        [0.9, 0.0, 0.436],   # -> cat: hit (its caption is the one "a cat" entry of the gallery)
+        [0.8, 0.0, 0.6],     # -> cat, then bird at rank 1: miss at 1, hit at 5
     ])
     model, tokenizer = _fake_model(images, _TEXT)
     result = retrieval_metrics(model, _dataset(captions), tokenizer, batch_size=3)
+    # t2i: the 3 distinct captions; cat finds image 0, dog image 1, bird image 3 (0.6 > 0.436) first
     assert result == pytest.approx({"i2t_r1": 75.0, "i2t_r5": 100.0, "i2t_r10": 100.0,
                                     "t2i_r1": 100.0, "t2i_r5": 100.0, "t2i_r10": 100.0})
-    # text 2 ("a cat") retrieves image 0 first (cos 1 > 0.9), captioned identically: a hit only by
-    # string equality; with diagonal positives image 2 (i2t) and text 2 (t2i) would be misses at 1
-    image_emb, text_emb = images, torch.tensor([_TEXT[c] for c in captions])
-    similarity = EUCLIDEAN.pairwise_similarity(image_emb, text_emb, None)
-    assert recall_at_k(similarity, ks=(1,)) == {"r1": 50.0}
-    assert recall_at_k(similarity.T, ks=(1,)) == {"r1": 75.0}
-    assert recall_at_k(similarity, caption_positives(captions), ks=(1,)) == {"r1": 75.0}
-    # encoded in batches of at most 3
-    assert sorted(model.calls) == [("image", 1), ("image", 3), ("text", 1), ("text", 3)]
+    # images encoded in batches of at most 3, each distinct caption once
+    assert sorted(model.calls) == [("image", 1), ("image", 3), ("text", 3)]
+
+
+def test_repeated_captions_no_longer_push_the_own_caption_out_of_the_top_k():
+    # five dog pictures and one cat picture that looks more like a dog
+    captions = ["a dog"] * 5 + ["a cat"]
+    images = torch.tensor([[0.0, 1.0, 0.0]] * 5 + [[0.6, 0.8, 0.0]])
+    model, tokenizer = _fake_model(images, _TEXT)
+    result = retrieval_metrics(model, _dataset(captions), tokenizer, ks=(1, 5, 10))
+    # the cat image ranks "a dog" first and "a cat" second among the 2 distinct captions
+    assert result["i2t_r1"] == pytest.approx(100 * 5 / 6) and result["i2t_r5"] == 100.0
+    # the caption "a cat" finds the five dog images (cos 0) after the cat image (cos 0.6): hit
+    assert result["t2i_r1"] == 100.0
+    # the old gallery (one caption per item) had the five "a dog" copies ahead: R@1 = R@5
+    similarity = EUCLIDEAN.pairwise_similarity(images, torch.tensor([_TEXT[c] for c in captions]), None)
+    old = recall_at_k(similarity, caption_positives(captions), ks=(1, 5, 10))
+    assert old["r1"] == old["r5"] == pytest.approx(100 * 5 / 6) and old["r10"] == 100.0
+
+
+def _distractor_case():
+    """Cat, dog and bird items, where the bird image and caption outscore the cat's own."""
+    images = torch.tensor([
+        [0.6, 0.0, 0.8],  # cat image: bird caption (0.8) before cat caption (0.6)
+        [0.0, 1.0, 0.0],  # dog image
+        [0.8, 0.0, 0.6],  # bird image: closer to the cat caption (0.8) than the cat image (0.6)
+    ])
+    return _fake_model(images, _TEXT), _dataset(["a cat", "a dog", "a bird"])
+
+
+def test_queries_against_a_larger_gallery_find_distractors():
+    (model, tokenizer), gallery = _distractor_case()
+    forget = gallery.subset([0, 1])
+    alone = retrieval_metrics(model, forget, tokenizer, ks=(1, 2))
+    assert alone == {"i2t_r1": 100.0, "i2t_r2": 100.0, "t2i_r1": 100.0, "t2i_r2": 100.0}
+    # against the whole gallery the bird caption and image get ahead of the cat's own
+    against_all = retrieval_metrics(model, forget, tokenizer, ks=(1, 2), gallery=gallery)
+    assert against_all == pytest.approx({"i2t_r1": 50.0, "i2t_r2": 100.0, "t2i_r1": 50.0, "t2i_r2": 100.0})
+    # queries given in another order than the gallery: same result
+    reordered = retrieval_metrics(model, gallery.subset([1, 0]), tokenizer, ks=(1, 2), gallery=gallery)
+    assert reordered == pytest.approx(against_all)
+    assert gallery_positions(gallery.subset([2, 0]), gallery).tolist() == [2, 0]
+
+
+def test_queries_outside_the_gallery_are_refused():
+    (model, tokenizer), gallery = _distractor_case()
+    with pytest.raises(ValueError, match="subset of the gallery"):
+        retrieval_metrics(model, gallery, tokenizer, gallery=gallery.subset([0, 1]))
+    empty = retrieval_metrics(model, gallery.subset([]), tokenizer, ks=(1,), gallery=gallery)
+    assert all(math.isnan(v) for v in empty.values()) and set(empty) == {"i2t_r1", "t2i_r1"}
 
 
 def test_retrieval_metrics_custom_ks_and_perfect_model():

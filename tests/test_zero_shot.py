@@ -1,6 +1,7 @@
-"""Zero-shot evaluation: accuracy arithmetic, prompt ensembling and nearest-class predictions
-with a fake model whose embeddings are known, an end-to-end check that a briefly pretrained
-tiny CLIP beats chance by far, and the hyperbolic distance-to-origin diagnostic."""
+"""Zero-shot evaluation: accuracy arithmetic (top-1 and top-5, micro and macro), prompt ensembling,
+nearest-class predictions, the candidate-class conventions of evaluate_splits and per-concept
+detection AP with fake models whose embeddings are known, an end-to-end check that a briefly
+pretrained tiny CLIP beats chance by far, and the hyperbolic distance-to-origin diagnostic."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vlunlearn.data import Tokenizer, load_builtin
+from tests.fakes import FakeTokenizer, fake_model
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation import (
     class_embeddings,
     class_prompts,
+    concept_detection,
+    detection_metrics,
     encode_texts,
+    evaluate_splits,
     evaluate_zero_shot,
+    topk_accuracy,
     zero_shot_accuracy,
     zero_shot_predictions,
 )
+from vlunlearn.evaluation.zero_shot import DEFAULT_PROMPTS, label_ranks
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ
 from vlunlearn.models import build_model
@@ -66,6 +73,137 @@ def test_perfect_and_wrong_predictions():
 def test_no_labelled_items_gives_nan_and_zero_count(labels):
     result = zero_shot_accuracy(torch.zeros(labels.shape[0], dtype=torch.long), labels)
     assert math.isnan(result["micro"]) and math.isnan(result["macro"]) and result["count"] == 0
+
+
+# --------------------------------------------------------------------------- topk_accuracy
+
+
+def test_top5_and_top1_micro_and_macro_on_a_hand_made_score_matrix():
+    scores = torch.tensor([
+        [9.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # label 0 at rank 0
+        [9.0, 6.0, 8.0, 7.0, 1.0, 0.0],  # label 1 at rank 3
+        [5.0, 4.0, 0.0, 3.0, 2.0, 1.0],  # label 2 at rank 5 (last)
+        [0.0, 0.0, 0.0, 0.0, 0.0, 9.0],  # label -1: ignored
+        [0.0, 0.0, 7.0, 0.0, 0.0, 0.0],  # label 2 at rank 0
+    ])
+    labels = torch.tensor([0, 1, 2, -1, 2])
+    assert label_ranks(scores[labels >= 0], labels[labels >= 0]).tolist() == [0, 3, 5, 0]
+    result = topk_accuracy(scores, labels, ks=(1, 5, 10))
+    # top-1: rows 0 and 4 right; per class 1, 0, 1/2.  top-5: row 2 still wrong; per class 1, 1, 1/2
+    assert result == pytest.approx({"top1_micro": 50.0, "top1_macro": 50.0,
+                                    "top5_micro": 75.0, "top5_macro": 100 * 2.5 / 3,
+                                    "top10_micro": 100.0, "top10_macro": 100.0, "count": 4})  # k=10 capped at 6
+    nothing = topk_accuracy(scores[:1], torch.tensor([-1]))
+    assert nothing["count"] == 0 and math.isnan(nothing["top1_micro"]) and math.isnan(nothing["top5_macro"])
+    with pytest.raises(ValueError, match="scores"):
+        topk_accuracy(scores, labels[:3])
+
+
+def test_top1_agrees_with_argmax_including_ties():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (200, 7), generator=generator).float()  # many ties
+    labels = torch.randint(-1, 7, (200,), generator=generator)
+    top = topk_accuracy(scores, labels)
+    reference = zero_shot_accuracy(scores.argmax(dim=1), labels)
+    assert top["top1_micro"] == pytest.approx(reference["micro"])
+    assert top["top1_macro"] == pytest.approx(reference["macro"])
+    assert top["count"] == reference["count"] and top["top5_micro"] > top["top1_micro"]
+    # a tie between the label and a lower class index is lost, with a higher one won
+    assert label_ranks(torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([1])).tolist() == [1]
+
+
+# --------------------------------------------------------------------------- splits with a fake model
+
+_CLASSES = ("cat", "dog", "bird")
+_E = torch.eye(3)
+# item: (label, image embedding); 0-1 training (cat, dog), 2-4 test (cat, dog, bird)
+_ITEMS = [
+    (0, _E[0]),
+    (1, _E[1]),
+    (0, torch.tensor([0.8, 0.0, 0.6])),  # cat, its bird score second
+    (1, torch.tensor([0.9, 0.1, 0.0])),  # dog that looks most like a cat, then a dog
+    (2, _E[2]),
+]
+
+
+def _fake_splits():
+    n = len(_ITEMS)
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 1, 2, 2).contiguous()
+    data = PairDataset(name="toy", images=images, captions=[(f"a {_CLASSES[k]}",) for k, _ in _ITEMS],
+                       concepts=[{_CLASSES[k]} for k, _ in _ITEMS], labels=[k for k, _ in _ITEMS],
+                       ids=[f"toy/{i}" for i in range(n)], class_names=_CLASSES)
+    prompts = [template.format(name) for name in _CLASSES for template in DEFAULT_PROMPTS]
+    text_table = _E.repeat_interleave(len(DEFAULT_PROMPTS), dim=0)  # every prompt of class k embeds as e_k
+    model = fake_model(EUCLIDEAN, torch.stack([emb for _, emb in _ITEMS]), text_table)
+    splits = make_splits(data.subset([0, 1]), data.subset([2, 3, 4]), UnlearningRequest(concepts=("cat",)))
+    return model, FakeTokenizer(prompts), data, splits
+
+
+def test_evaluate_splits_with_all_and_with_retain_only_candidates():
+    model, tokenizer, _, splits = _fake_splits()
+    assert splits.forget_classes == ("cat",) and len(splits.test_forget) == 1 and len(splits.test_retain) == 2
+    everything = evaluate_splits(model, splits, tokenizer)
+    # test-retain: the dog item is taken for a cat (top-1 wrong, top-5 right), the bird is right
+    assert everything == pytest.approx({
+        "zs_test_forget": 100.0, "zs_test_forget_macro": 100.0, "zs_test_forget_top5": 100.0,
+        "zs_test_forget_top5_macro": 100.0,
+        "zs_test_retain": 50.0, "zs_test_retain_macro": 50.0, "zs_test_retain_top5": 100.0,
+        "zs_test_retain_top5_macro": 100.0,
+        "zs_train_forget": 100.0, "zs_train_forget_macro": 100.0, "zs_train_forget_top5": 100.0,
+        "zs_train_forget_top5_macro": 100.0,
+        "zs_train_retain": 100.0, "zs_train_retain_macro": 100.0, "zs_train_retain_top5": 100.0,
+        "zs_train_retain_top5_macro": 100.0,
+    })
+    assert evaluate_splits(model, splits, tokenizer, candidates="all") == everything
+    retain_only = evaluate_splits(model, splits, tokenizer, candidates="retain")
+    # cat items cannot be right without the cat candidate; the dog item can only be a dog or a bird
+    assert list(retain_only) == list(everything)
+    assert all(math.isnan(v) for k, v in retain_only.items() if "forget" in k)
+    assert all(v == pytest.approx(100.0) for k, v in retain_only.items() if "retain" in k)
+    with pytest.raises(ValueError, match="candidates"):
+        evaluate_splits(model, splits, tokenizer, candidates="forget")
+
+
+def test_evaluate_zero_shot_reports_top5():
+    model, tokenizer, data, _ = _fake_splits()
+    result = evaluate_zero_shot(model, data, tokenizer)
+    # only the dog item 3 is wrong at top-1; per class 1, 1/2, 1
+    assert result == pytest.approx({"micro": 80.0, "macro": 100 * 2.5 / 3, "top5_micro": 100.0,
+                                    "top5_macro": 100.0, "count": 5})
+
+
+# --------------------------------------------------------------------------- concept detection
+
+
+def _multi_concept(cat_negative: list[float]):
+    """Items showing {cat}, {cat, dog}, {dog} (image ``cat_negative``) and nothing; classes cat, dog, bird."""
+    s = 1 / math.sqrt(2)
+    image_table = torch.tensor([[1.0, 0.0, 0.0], [s, s, 0.0], cat_negative, [-s, -s, 0.0]])
+    concepts = [{"cat"}, {"cat", "dog"}, {"dog"}, set()]
+    images = torch.arange(4, dtype=torch.uint8)[:, None, None, None].expand(4, 1, 2, 2).contiguous()
+    data = PairDataset(name="multi", images=images, captions=[("x",)] * 4, concepts=concepts,
+                       labels=[0, -1, 1, -1], ids=[f"m/{i}" for i in range(4)], class_names=_CLASSES)
+    return fake_model(EUCLIDEAN, image_table, _E), FakeTokenizer(_CLASSES), data
+
+
+def test_concept_detection_ap_is_one_when_the_prompt_is_nearest_to_its_images():
+    model, tokenizer, data = _multi_concept([0.0, 1.0, 0.0])
+    # cat scores 1, .71, 0, -.71 and dog scores 0, .71, 1, -.71: positives first; bird has no positive
+    assert concept_detection(model, data, tokenizer, templates=("{}",)) == pytest.approx({"cat": 1.0, "dog": 1.0})
+
+
+def test_concept_detection_ap_drops_when_a_negative_outscores_a_positive():
+    model, tokenizer, data = _multi_concept([0.9, 0.436, 0.0])
+    # cat: item 0 (positive), item 2 (negative, 0.9), item 1 (positive, 0.71): AP = (1 + 2/3) / 2
+    result = concept_detection(model, data, tokenizer, templates=("{}",))
+    assert result == pytest.approx({"cat": 5 / 6, "dog": 1.0}, abs=1e-6)
+
+
+def test_detection_metrics_separate_forget_and_retain_classes():
+    model, tokenizer, _, splits = _fake_splits()
+    # on test items 2-4 the dog item (0.99) outscores the cat item (0.8) for "cat": AP 1/2;
+    # dog and bird are found first: AP 1
+    assert detection_metrics(model, splits, tokenizer) == pytest.approx({"det_ap_forget": 0.5, "det_ap_retain": 1.0})
 
 
 # --------------------------------------------------------------------------- fake-model ensembling

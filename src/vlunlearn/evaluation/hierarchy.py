@@ -49,23 +49,29 @@ def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) 
 
 
 @torch.no_grad()
-def distance_to_origin_by_concept(model, data: PairDataset, tokenizer: Tokenizer) -> dict[str, float]:
+def distance_to_origin_by_concept(
+    model, data: PairDataset, tokenizer: Tokenizer, group_by: str = "labels"
+) -> dict[str, float]:
     """Mean distance to the origin of the image embeddings of each class, by class name.
 
-    Classes come from ``data.labels`` (items labelled -1 are ignored) and are listed in
-    ``data.class_names`` order; classes without any image in ``data`` are left out.
-    ``tokenizer`` is unused (kept for a uniform signature).
+    ``group_by="labels"`` (default): an image counts for the class of its label (items
+    labelled -1 are ignored). ``group_by="concepts"``: an image counts for every class of
+    ``data.class_names`` in its ``concepts``, so a multi-item scene counts once for each class
+    it shows (other concepts, such as ancestors, are ignored). Classes are listed in
+    ``data.class_names`` order; classes without any image are left out. ``tokenizer`` is
+    unused (kept for a uniform signature).
     """
     _require_hyperbolic(model)
+    if group_by not in ("labels", "concepts"):
+        raise ValueError(f"group_by must be 'labels' or 'concepts', not {group_by!r}")
     if len(data) == 0:
         return {}
-    d0 = lorentz.dist_to_origin(encode_images(model, data), model.curvature()).cpu()
-    labels = data.labels
-    return {
-        name: d0[labels == k].mean().item()
-        for k, name in enumerate(data.class_names)
-        if bool((labels == k).any())
-    }
+    d0 = lorentz.dist_to_origin(encode_images(model, data), model.curvature()).cpu()  # (N,)
+    if group_by == "labels":
+        members = {name: data.labels == k for k, name in enumerate(data.class_names)}
+    else:
+        members = {name: torch.tensor([name in shown for shown in data.concepts]) for name in data.class_names}
+    return {name: d0[mask].mean().item() for name, mask in members.items() if bool(mask.any())}
 
 
 @torch.no_grad()

@@ -5,10 +5,12 @@ Ties are broken by gallery index (a stable descending sort): of two equally simi
 items the one with the lower index ranks first. A query counts as a hit at ``k`` when any of
 its positives is among its first ``k`` gallery items; a query with no positive is a miss.
 
-Captions repeat in the built-in data (many items share the same canonical caption), so
-:func:`retrieval_metrics` counts every item whose canonical caption is the *identical string*
-as a positive: an image retrieving another item's caption that reads exactly like its own is a
-hit, and so is a caption retrieving any image captioned with that string.
+:func:`retrieval_metrics` follows CLIP_benchmark's convention with deduplicated galleries.
+Captions repeat in the built-in data (many items share the same canonical caption), so the
+text gallery holds each distinct canonical caption once: a query image is a hit when the entry
+with its own caption string is in the top K, and a distinct caption is a hit when any image
+captioned with that string is. Queries (``data``) may be a subset of a larger gallery, e.g. D_f
+retrieved against the whole training set (MultiDelete's convention).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
 
 __all__ = [
-    "best_positive_rank", "caption_ids", "caption_positives", "recall_at_k", "recall_from_ranks", "retrieval_metrics",
+    "best_positive_rank", "caption_ids", "caption_positives", "gallery_positions", "recall_at_k", "recall_from_ranks",
+    "retrieval_metrics",
 ]
 
 _ROW_CHUNK = 1024  # query rows ranked at a time, to bound the memory of the sort
@@ -101,30 +104,61 @@ def caption_positives(captions: Sequence[str]) -> Tensor:
     return ids[:, None] == ids[None, :]
 
 
+def gallery_positions(data: PairDataset, gallery: PairDataset) -> Tensor:
+    """Index in ``gallery`` of each item of ``data``, matched by id. ``(len(data),)`` int64.
+
+    Raises ``ValueError`` when some item of ``data`` is not in ``gallery``.
+    """
+    position = {item_id: i for i, item_id in enumerate(gallery.ids)}
+    missing = [item_id for item_id in data.ids if item_id not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} item(s) of {data.name!r} are not in the gallery {gallery.name!r} "
+                         f"(queries must be a subset of the gallery by id): {', '.join(missing[:5])}")
+    return torch.tensor([position[item_id] for item_id in data.ids], dtype=torch.int64)
+
+
+def _chunked_ranks(similarity_rows, targets: Tensor, gallery_ids: Tensor) -> Tensor:
+    """Best-positive ranks of queries whose positives are the gallery entries with id ``targets[q]``.
+
+    ``similarity_rows(rows)`` gives the ``(len(rows), Ng)`` similarity of a slice of queries;
+    ``targets`` is ``(Nq,)`` and ``gallery_ids`` ``(Ng,)``. Returns int64 ``(Nq,)``.
+    """
+    ranks = []
+    for start in range(0, targets.numel(), _ROW_CHUNK):
+        rows = slice(start, start + _ROW_CHUNK)
+        positives = targets[rows, None] == gallery_ids[None, :]
+        ranks.append(best_positive_rank(similarity_rows(rows), positives))
+    return torch.cat(ranks)
+
+
 @torch.no_grad()
 def retrieval_metrics(model, data: PairDataset, tokenizer: Tokenizer, ks: Sequence[int] = (1, 5, 10),
-                      batch_size: int = 500) -> dict[str, float]:
-    """Image->text and text->image Recall@K (percent) over all pairs of ``data``.
+                      batch_size: int = 500, gallery: PairDataset | None = None) -> dict[str, float]:
+    """Image->text and text->image Recall@K (percent) of the items of ``data`` against ``gallery``.
 
-    Every image is a query against the canonical captions of all items, and every canonical
-    caption a query against all images. A retrieved item counts as a hit when its canonical
-    caption is the identical string to the query's (duplicated captions are common in the
-    built-in data). Keys: ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10`` for the default ``ks``.
+    ``gallery`` (default ``data``) must contain every item of ``data`` (by id). Image->text:
+    each image of ``data`` against the distinct canonical captions of ``gallery``, a hit when
+    its own caption is in the top K. Text->image: each distinct canonical caption of ``data``
+    against all images of ``gallery``, a hit when an image with that caption is in the top K.
+    Keys: ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10`` for the default ``ks``.
     """
     ks = _check_ks(ks)
+    gallery = data if gallery is None else gallery
+    positions = gallery_positions(data, gallery)  # (Nq,) gallery rows of the query images
     if len(data) == 0:
         return {f"{direction}_r{k}": float("nan") for direction in ("i2t", "t2i") for k in ks}
-    captions = data.canonical_captions()
-    image_emb = encode_images(model, data, batch_size)
-    text_emb = encode_texts(model, tokenizer, captions, batch_size)
+    captions = gallery.canonical_captions()
+    image_caption = caption_ids(captions)  # (Ng,) index into the distinct captions, in order of first use
+    distinct = list(dict.fromkeys(captions))
+    image_emb = encode_images(model, gallery, batch_size)  # (Ng, D)
+    text_emb = encode_texts(model, tokenizer, distinct, batch_size)  # (Nt, D)
     c = model.curvature()
-    ids = caption_ids(captions)
-    i2t, t2i = [], []
-    for start in range(0, len(data), _ROW_CHUNK):
-        rows = slice(start, start + _ROW_CHUNK)
-        positives = ids[rows, None] == ids[None, :]  # symmetric relation: the same mask serves both ways
-        i2t.append(best_positive_rank(model.geometry.pairwise_similarity(image_emb[rows], text_emb, c), positives))
-        t2i.append(best_positive_rank(model.geometry.pairwise_similarity(image_emb, text_emb[rows], c).T, positives))
-    result = {f"i2t_{key}": value for key, value in recall_from_ranks(torch.cat(i2t), len(data), ks).items()}
-    result.update({f"t2i_{key}": value for key, value in recall_from_ranks(torch.cat(t2i), len(data), ks).items()})
+    similarity = model.geometry.pairwise_similarity
+    query_captions = image_caption[positions].unique()  # (Nt_q,) distinct captions of data
+    i2t = _chunked_ranks(lambda rows: similarity(image_emb[positions[rows]], text_emb, c),
+                         image_caption[positions], torch.arange(len(distinct)))
+    t2i = _chunked_ranks(lambda rows: similarity(image_emb, text_emb[query_captions[rows]], c).T,
+                         query_captions, image_caption)
+    result = {f"i2t_{key}": value for key, value in recall_from_ranks(i2t, len(distinct), ks).items()}
+    result.update({f"t2i_{key}": value for key, value in recall_from_ranks(t2i, len(gallery), ks).items()})
     return result
