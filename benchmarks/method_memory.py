@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 def save_original(recipe: PretrainConfig, data: str, checkpoint: Path) -> None:
     """Pretrain the original with ``recipe`` on the training split of ``data`` and save it to ``checkpoint``."""
-    original, _ = pretrain(recipe, load_builtin(data, "train", recipe.seed), tokenizer=Tokenizer(), progress=False)
+    original, _ = pretrain(recipe, load_builtin(data, "train"), tokenizer=Tokenizer(), progress=False)
     save_model(original, checkpoint)
 
 
@@ -57,15 +57,15 @@ def measure(checkpoint: Path, recipe: PretrainConfig, data: str, forget: tuple[s
     """Unlearn ``forget`` from the model at ``checkpoint`` with ``method``; its seconds, steps and memory."""
     tokenizer = Tokenizer()
     original = load_model(checkpoint)
-    splits = make_splits(load_builtin(data, "train", recipe.seed), load_builtin(data, "test", recipe.seed),
+    splits = make_splits(load_builtin(data, "train"), load_builtin(data, "test"),
                          UnlearningRequest(concepts=forget))
     gc.collect()
     started = time.perf_counter()
     with peak_memory() as peak:
         _, record = unlearn(original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=False)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": record.steps, "peak_bytes": peak.cpu_bytes,
-            "rise_bytes": peak.cpu_increase_bytes, "cuda_bytes": peak.cuda_bytes}
+    return {"seconds": seconds, "steps": record.steps, "peak_bytes": peak.cpu_start_bytes + peak.cpu_bytes,
+            "rise_bytes": peak.cpu_bytes, "cuda_bytes": peak.cuda_bytes}
 
 
 def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:

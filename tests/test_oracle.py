@@ -1,15 +1,29 @@
-"""Oracle gap and cost records: closed-form values, skipped keys, the time ratio, and the peak
-memory context manager."""
+"""Oracle gap and cost records: closed-form values on the fraction scale, skipped keys, the time
+ratio, and each block's own peak memory."""
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
+import threading
+import time
 
+import numpy as np
 import pytest
 import torch
 
-from vlunlearn.evaluation.oracle import ORACLE_GAP_METRICS, PeakMemory, cost_record, oracle_gap, peak_memory
+from vlunlearn.evaluation import oracle
+from vlunlearn.evaluation.oracle import (
+    ORACLE_GAP_METRICS,
+    SAMPLER_THREAD_NAME,
+    PeakMemory,
+    cost_record,
+    current_rss_bytes,
+    metric_scale,
+    oracle_gap,
+    peak_memory,
+)
 
 UNLEARNED = {"zs_train_forget": 10.0, "zs_train_retain": 90.0, "zs_test_forget": 5.0, "zs_test_retain": 85.0,
              "mia_auc": 0.6, "extra": 123.0}
@@ -18,19 +32,45 @@ RETRAINED = {"zs_train_forget": 20.0, "zs_train_retain": 88.0, "zs_test_forget":
 
 
 def test_metric_names_follow_the_design():
-    assert ORACLE_GAP_METRICS == ("zs_train_forget", "zs_train_retain", "zs_test_forget", "zs_test_retain", "mia_auc")
+    assert ORACLE_GAP_METRICS == ("zs_train_forget", "zs_train_retain", "zs_test_forget", "zs_test_retain", "mia_auc",
+                                  "mia_calibrated_auc", "distinguishability")
+
+
+def test_metric_scale_puts_percentages_on_the_fraction_scale():
+    assert metric_scale("zs_test_forget") == 0.01 and metric_scale("retrieval_forget_r@1") == 0.01
+    for key in ("mia_auc", "mia_calibrated_auc", "distinguishability", "extra"):
+        assert metric_scale(key) == 1.0
+
+
+def test_a_ten_point_accuracy_gap_weighs_as_much_as_a_tenth_of_auc():
+    accuracy = oracle_gap({"zs_train_forget": 30.0}, {"zs_train_forget": 20.0})
+    auc = oracle_gap({"mia_auc": 0.6}, {"mia_auc": 0.5})
+    assert accuracy["zs_train_forget"] == pytest.approx(0.1) and accuracy["mean"] == pytest.approx(auc["mean"])
+    assert auc["mia_auc"] == pytest.approx(0.1)
 
 
 def test_oracle_gap_closed_form():
     gap = oracle_gap(UNLEARNED, RETRAINED)
-    expected = {"zs_train_forget": 10.0, "zs_train_retain": 2.0, "zs_test_forget": 5.0, "zs_test_retain": 1.0,
+    expected = {"zs_train_forget": 0.10, "zs_train_retain": 0.02, "zs_test_forget": 0.05, "zs_test_retain": 0.01,
                 "mia_auc": 0.1}
     assert set(gap) == set(expected) | {"mean"}  # "extra" is not a gap metric
     for key, value in expected.items():
         assert gap[key] == pytest.approx(value)
-    assert gap["mean"] == pytest.approx(18.1 / 5)
+    assert gap["mean"] == pytest.approx(0.28 / 5)
     # symmetric
     assert oracle_gap(RETRAINED, UNLEARNED) == pytest.approx(gap)
+    # the new headline metrics count once both records have them
+    more = oracle_gap(dict(UNLEARNED, mia_calibrated_auc=0.7, distinguishability=0.3),
+                      dict(RETRAINED, mia_calibrated_auc=0.5, distinguishability=0.0))
+    assert more["mia_calibrated_auc"] == pytest.approx(0.2) and more["distinguishability"] == pytest.approx(0.3)
+    assert more["mean"] == pytest.approx((0.28 + 0.2 + 0.3) / 7)
+
+
+def test_a_model_closer_to_the_oracle_has_a_smaller_gap():
+    forgot = {"zs_train_forget": 21.0, "zs_train_retain": 87.0, "mia_auc": 0.52}
+    did_not = {"zs_train_forget": 95.0, "zs_train_retain": 90.0, "mia_auc": 0.8}
+    assert oracle_gap(forgot, RETRAINED)["mean"] == pytest.approx((0.01 + 0.01 + 0.02) / 3)
+    assert oracle_gap(did_not, RETRAINED)["mean"] == pytest.approx((0.75 + 0.02 + 0.3) / 3)
 
 
 def test_oracle_gap_skips_missing_and_nan_values():
@@ -38,7 +78,7 @@ def test_oracle_gap_skips_missing_and_nan_values():
     retrained = {k: v for k, v in RETRAINED.items() if k != "mia_auc"}
     gap = oracle_gap(unlearned, retrained)
     assert set(gap) == {"zs_train_forget", "zs_test_retain", "mean"}
-    assert gap["mean"] == pytest.approx((10.0 + 1.0) / 2)
+    assert gap["mean"] == pytest.approx((0.10 + 0.01) / 2)
     assert oracle_gap(UNLEARNED, RETRAINED, keys=("mia_auc",)) == pytest.approx({"mia_auc": 0.1, "mean": 0.1})
     assert oracle_gap(UNLEARNED, RETRAINED, keys=("extra",)) == {"mean": pytest.approx(math.nan, nan_ok=True)}
     empty = oracle_gap({}, RETRAINED)
@@ -62,23 +102,60 @@ def test_cost_record_ratio():
         cost_record(1.0, -1, None, 10.0)
 
 
-def test_peak_memory_sees_a_large_allocation():
-    size = 64 * 2**20  # 64 MiB, touched
-    with peak_memory() as peak:
-        assert isinstance(peak, PeakMemory) and peak.cpu_bytes is None  # filled on exit
-        block = torch.ones(size // 4, dtype=torch.float32)
-        assert float(block[-1]) == 1.0
-    del block
-    assert isinstance(peak.cpu_bytes, int) and peak.cpu_bytes >= size
-    assert isinstance(peak.cpu_increase_bytes, int) and 0 <= peak.cpu_increase_bytes <= peak.cpu_bytes
-    if peak.cuda_bytes is None:
-        assert peak.peak_bytes == peak.cpu_bytes
+MB = 2**20
+
+
+def _touched(size: int) -> mmap.mmap:
+    """``size`` bytes of fresh anonymous memory with one write per page, so that every page is
+    resident (an explicit mapping, not the heap, so no memory freed earlier is reused)."""
+    block = mmap.mmap(-1, size)
+    np.frombuffer(block, dtype=np.uint8)[:: mmap.PAGESIZE] = 1
+    return block
+
+
+def _sampler_running() -> bool:
+    return any(thread.name == SAMPLER_THREAD_NAME for thread in threading.enumerate())
+
+
+@pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm")
+def test_consecutive_blocks_report_their_own_peak():
+    with peak_memory() as first:
+        assert isinstance(first, PeakMemory) and first.cpu_bytes is None  # filled on exit
+        assert _sampler_running()
+        block = _touched(200 * MB)
+    block.close()
+    with peak_memory() as second:
+        block = _touched(20 * MB)
+    block.close()
+    assert first.cpu_sampled and second.cpu_sampled
+    assert first.cpu_bytes == pytest.approx(200 * MB, abs=16 * MB)
+    assert second.cpu_bytes == pytest.approx(20 * MB, abs=8 * MB)  # not the first block's peak
+    assert second.cpu_start_bytes < first.cpu_start_bytes + first.cpu_bytes  # the first block's memory was freed
+    if second.cuda_bytes is None:
+        assert second.peak_bytes == second.cpu_bytes
     else:
-        assert peak.peak_bytes == peak.cuda_bytes
+        assert second.peak_bytes == second.cuda_bytes
 
 
-def test_peak_memory_fills_in_even_when_the_block_raises():
+@pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm")
+def test_the_sampler_sees_a_peak_freed_inside_the_block():
+    with peak_memory(interval=0.001) as peak:
+        block = _touched(100 * MB)
+        time.sleep(0.05)  # several sampling intervals while the memory is held
+        block.close()
+    assert peak.cpu_bytes == pytest.approx(100 * MB, abs=16 * MB)
+
+
+def test_peak_memory_stops_the_sampler_even_when_the_block_raises():
     with pytest.raises(RuntimeError):
         with peak_memory() as peak:
             raise RuntimeError("boom")
-    assert peak.cpu_bytes is not None and peak.cpu_bytes > 0
+    assert not _sampler_running()
+    assert isinstance(peak.cpu_bytes, int) and peak.cpu_bytes >= 0 and peak.cpu_start_bytes > 0
+
+
+def test_peak_memory_falls_back_to_the_rise_of_max_rss(monkeypatch):
+    monkeypatch.setattr(oracle, "current_rss_bytes", lambda: None)
+    with peak_memory() as peak:
+        assert not _sampler_running()
+    assert peak.cpu_sampled is False and peak.cpu_bytes >= 0 and peak.cpu_start_bytes > 0
