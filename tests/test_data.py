@@ -147,15 +147,11 @@ def test_digits_split_is_stratified_and_complete():
     assert np.abs(test_counts - 0.2 * totals).max() <= 1
 
 
-def test_builtin_seed_controls_captions_only():
-    a, b = load_builtin("fashion-mnist", "train", seed=0), load_builtin("fashion-mnist", "train", seed=0)
-    c = load_builtin("fashion-mnist", "train", seed=1)
+def test_builtin_captions_are_fixed_and_templates_vary_by_item():
+    a, b = load_builtin("fashion-mnist", "train"), load_builtin("fashion-mnist", "train")
     assert a.captions == b.captions and a.content_hash() == b.content_hash()
-    assert a.captions != c.captions and a.content_hash() != c.content_hash()
-    assert torch.equal(a.images, c.images) and a.ids == c.ids and torch.equal(a.labels, c.labels)
-    assert load_builtin("fashion-mnist", "test", seed=0).captions[:50] != a.captions[:50]
-    d0, d1 = load_builtin("digits", "test", seed=0), load_builtin("digits", "test", seed=5)
-    assert torch.equal(d0.images, d1.images) and d0.captions != d1.captions
+    assert len(set(a.canonical_captions()[:100])) > 10  # several templates per class
+    assert load_builtin("fashion-mnist", "test").captions[:50] != a.captions[:50]
     # train and test digits are disjoint images
     train = load_builtin("digits", "train").images.flatten(1)
     assert not (d0.images.flatten(1)[:20, None, :] == train[None]).all(-1).any()

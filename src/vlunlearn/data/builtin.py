@@ -1,7 +1,11 @@
-"""Built-in datasets that work offline: a vendored Fashion-MNIST subset and scikit-learn's digits.
+"""Built-in datasets that work offline: scenes of Fashion-MNIST items, a vendored Fashion-MNIST
+subset and scikit-learn's digits.
 
-Both have 10 classes, 28x28 grey images and a three-level concept hierarchy
+All have 10 classes, 28x28 grey images and a three-level concept hierarchy
 (generic -> family -> class), so every item has three captions.
+
+- ``fashion-scenes`` (the demo's default): 6,000 training and 2,000 test scenes of one to
+  three Fashion-MNIST items with pair-specific captions (see :mod:`vlunlearn.data.scenes`).
 
 - ``fashion-mnist``: 1000 images per class for training (10,000) and 200 per class for
   testing (2,000), taken from the official train and test files by
@@ -11,8 +15,8 @@ Both have 10 classes, 28x28 grey images and a three-level concept hierarchy
   and resized to 28x28 (bilinear); a fixed stratified 80/20 split (1,437 / 360) that does
   not depend on the ``seed`` argument.
 
-The ``seed`` argument only chooses the caption templates, so datasets loaded with
-different seeds have the same images and different captions.
+Captions are fixed: a run's seed never changes which pairs a model is trained on, so runs
+with several seeds share one data hash and their reports merge.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ import torch
 
 from vlunlearn.data.datasets import PairDataset
 from vlunlearn.data.hierarchy import DIGITS, FASHION_MNIST, ConceptHierarchy
+from vlunlearn.data.scenes import FASHION_SCENES, TEST_SCENES, TRAIN_SCENES, compose_scenes
 from vlunlearn.errors import DataError
 
-BUILTIN_DATASETS = ("fashion-mnist", "digits")
+BUILTIN_DATASETS = ("fashion-scenes", "fashion-mnist", "digits")
 SPLITS = ("train", "test")
-HIERARCHIES: dict[str, ConceptHierarchy] = {"fashion-mnist": FASHION_MNIST, "digits": DIGITS}
+HIERARCHIES: dict[str, ConceptHierarchy] = {
+    "fashion-scenes": FASHION_SCENES, "fashion-mnist": FASHION_MNIST, "digits": DIGITS,
+}
+CAPTION_SEED = 0  # the caption templates of fashion-mnist and digits are drawn once, with this seed
 
 FASHION_MNIST_FILE = "fashion_mnist_subset.npz"
 DIGITS_SPLIT_SEED = 20240601  # fixed: the digits split must not move with the caption seed
@@ -104,27 +112,28 @@ def _arrays(name: str) -> dict[str, np.ndarray]:
     return _fashion_mnist_arrays() if name == "fashion-mnist" else _digits_arrays()
 
 
-def load_builtin(name: str, split: str, seed: int = 0) -> PairDataset:
+def load_builtin(name: str, split: str) -> PairDataset:
     """Load a built-in dataset split.
 
     Args:
         name: one of ``BUILTIN_DATASETS``.
         split: ``"train"`` or ``"test"``.
-        seed: chooses the caption templates of every item; the same seed gives the same
-            captions (and content hash), another seed other captions over the same images.
 
     Returns:
         A ``PairDataset`` with uint8 ``(N, 1, 28, 28)`` images, three captions per item
-        (generic, family, class) and ids ``"<name>/<split>/<index>"``.
+        (generic, family, class) and ids ``"<name>/<split>/<index>"``. Its content (and so its
+        hash) is always the same.
     """
     _check_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} of {name!r}; valid splits: {', '.join(SPLITS)}")
+    if name == "fashion-scenes":
+        return _load_scenes(split)
     hierarchy = HIERARCHIES[name]
     arrays = _arrays(name)
     images = torch.from_numpy(arrays[f"{split}_images"].copy()).unsqueeze(1)
     labels = torch.from_numpy(arrays[f"{split}_labels"].astype(np.int64))
-    rng = random.Random(f"vlunlearn/{name}/{split}/{int(seed)}")
+    rng = random.Random(f"vlunlearn/{name}/{split}/{CAPTION_SEED}")
     classes = [hierarchy.classes[k] for k in labels.tolist()]
     concepts_of = {c: frozenset(hierarchy.ancestors(c)) for c in hierarchy.classes}
     return PairDataset(
@@ -134,6 +143,24 @@ def load_builtin(name: str, split: str, seed: int = 0) -> PairDataset:
         concepts=[concepts_of[c] for c in classes],
         labels=labels,
         ids=[f"{name}/{split}/{i:05d}" for i in range(len(classes))],
+        class_names=hierarchy.classes,
+        hierarchy=hierarchy,
+    )
+
+
+def _load_scenes(split: str) -> PairDataset:
+    arrays = _fashion_mnist_arrays()
+    items, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].astype(np.int64)
+    count = TRAIN_SCENES if split == "train" else TEST_SCENES
+    scenes = compose_scenes(np.ascontiguousarray(items).tobytes(), np.ascontiguousarray(labels).tobytes(), count, split)
+    hierarchy = FASHION_SCENES
+    return PairDataset(
+        name=f"fashion-scenes/{split}",
+        images=torch.from_numpy(scenes["images"].copy()).unsqueeze(1),
+        captions=scenes["captions"],
+        concepts=[frozenset(a for k in shown for a in hierarchy.ancestors(hierarchy.classes[k])) for shown in scenes["classes"]],
+        labels=torch.from_numpy(scenes["labels"].copy()),
+        ids=[f"fashion-scenes/{split}/{i:05d}" for i in range(count)],
         class_names=hierarchy.classes,
         hierarchy=hierarchy,
     )
