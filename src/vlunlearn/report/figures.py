@@ -16,16 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vlunlearn.errors import VlunlearnError
 from vlunlearn.evaluation.alignment import alignment_gap
 from vlunlearn.evaluation.oracle import as_number
 from vlunlearn.io import atomic_path
+from vlunlearn.report.disk import to_disk_2d
 from vlunlearn.report.markdown import group_key
 
 __all__ = [
     "alignment_heatmaps",
+    "heatmap_scale",
     "distance_histograms",
     "poincare_disk",
     "to_disk_2d",
@@ -53,28 +54,45 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def heatmap_scale(matrices: Mapping[str, Any], geometry: str | None = None) -> tuple[float, float, str]:
+    """The colour scale shared by every panel of one alignment figure: ``(vmin, vmax, label)``.
+
+    Euclidean: cosine similarities, fixed ``[-1, 1]``. Lorentz: negative geodesic distances
+    (``<= 0``), from the smallest to the largest finite value over all ``matrices``. Unknown
+    geometry (``None``): the same min/max with a generic label. A constant range is widened
+    by 0.5 on each side."""
+    if geometry == "euclidean":
+        return -1.0, 1.0, "cosine similarity s(v_i, t_j)"
+    label = "negative geodesic distance s(v_i, t_j)" if geometry == "lorentz" else "similarity s(v_i, t_j)"
+    arrays = [np.asarray(m, dtype=float) for m in matrices.values()]
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays] + [np.zeros(0)])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 0.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    return vmin, vmax, label
+
+
 def alignment_heatmaps(
     matrices: Mapping[str, Any],
     path: str | Path,
     title: str,
     gaps: Mapping[str, float] | None = None,
     forget_rows: int | None = None,
+    geometry: str | None = None,
 ) -> Path:
     """One heatmap per entry of ``matrices`` (name -> square matrix ``A_ij = s(v_i, t_j)``),
-    side by side with a shared colour scale and one colour bar; each panel is titled with
-    its name and alignment gap (from ``gaps``, else AC's plain gap of the matrix). When the
-    first ``forget_rows`` rows/columns are forget pairs and the rest contrast pairs, dashed
-    lines separate the blocks. Returns ``path``."""
+    side by side with one colour scale for all panels, chosen by ``geometry``
+    (:func:`heatmap_scale`), and one colour bar; each panel is titled with its name and
+    alignment gap (from ``gaps``, else AC's plain gap of the matrix). When the first
+    ``forget_rows`` rows/columns are forget pairs and the rest contrast pairs, dashed lines
+    separate the blocks. Returns ``path``."""
     if not matrices:
         raise ValueError("alignment_heatmaps needs at least one matrix")
     arrays = {name: np.asarray(m, dtype=float) for name, m in matrices.items()}
     for name, a in arrays.items():
         if a.ndim != 2 or a.shape[0] != a.shape[1]:
             raise ValueError(f"alignment matrix {name!r} must be square, got shape {a.shape}")
-    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()] + [np.zeros(0)])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmin == vmax:
-        vmin, vmax = vmin - 0.5, vmax + 0.5
+    vmin, vmax, bar_label = heatmap_scale(arrays, geometry)
     k = len(arrays)
     fig = _new_figure(3.6 * k + 0.8, 3.9)
     axes = fig.subplots(1, k, squeeze=False)[0]
@@ -92,7 +110,7 @@ def alignment_heatmaps(
         ax.set_xlabel("caption j" + (" (forget | retain)" if split else ""))
         if ax is axes[0]:
             ax.set_ylabel("image i" + (" (forget | retain)" if split else ""))
-    fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity s(v_i, t_j)")
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label=bar_label)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -127,44 +145,16 @@ def distance_histograms(
     return _save(fig, path)
 
 
-def to_disk_2d(x: Tensor, c: float) -> np.ndarray:
-    """A 2-D Poincare-disk view of Lorentz points that keeps each point's distance to the origin.
+DISK_LIMIT = 1.05  # both axes of every disk panel run over [-DISK_LIMIT, DISK_LIMIT]
 
-    ``x`` holds the space components ``(N, D)`` of points on the hyperboloid of curvature
-    ``-c``. Each point is mapped to the tangent space at the origin with ``log_map0``; the
-    norm of that vector is its geodesic distance to the origin ``d0``. Directions come from
-    PCA: the centred tangent vectors are decomposed with ``torch.linalg.svd``, each vector
-    is projected on the top two right singular vectors and the projection is normalised to
-    unit length (a point whose projection vanishes is put on the first axis). The radius is
-    ``tanh(sqrt(c) * d0 / 2)``: the Poincare-ball radius of a point at geodesic distance
-    ``d0`` in curvature ``-c`` (``tanh(sqrt(c) d0 / 2) / sqrt(c)``) rescaled to the unit disk,
-    so it is always in ``[0, 1)``. Distances to the origin are kept exactly; distances
-    between points are only indicative (the angles are a linear projection).
 
-    Returns a float64 array ``(N, 2)``.
-    """
-    from vlunlearn.geometry.lorentz import log_map0
-
-    if x.ndim != 2:
-        raise ValueError(f"to_disk_2d expects (N, D) space components, got shape {tuple(x.shape)}")
-    if not c > 0:
-        raise ValueError(f"the curvature magnitude c must be positive, got {c}")
-    v = log_map0(x.detach().to(torch.float64).cpu(), float(c))
-    n, dim = v.shape
-    if n == 0:
-        return np.zeros((0, 2))
-    d0 = v.norm(dim=-1)
-    centred = v - v.mean(dim=0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    components = vh[:2].T  # (D, <=2)
-    if components.shape[1] < 2:  # D == 1 or N == 1
-        components = torch.cat([components, torch.zeros(dim, 2 - components.shape[1], dtype=v.dtype)], dim=1)
-    projected = v @ components  # (N, 2)
-    norms = projected.norm(dim=-1, keepdim=True)
-    fallback = torch.tensor([1.0, 0.0], dtype=v.dtype).expand_as(projected)
-    direction = torch.where(norms > 1e-12, projected / norms.clamp(min=1e-12), fallback)
-    radius = torch.tanh(math.sqrt(c) * d0 / 2)
-    return (direction * radius[:, None]).numpy()
+def _draw_prompts(ax, points: np.ndarray, names: Sequence[str]) -> None:
+    """Concept prompt centroids ``(K, 2)``: a black star with the concept's name beside it."""
+    if not len(points):
+        return
+    ax.scatter(points[:, 0], points[:, 1], marker="*", s=70, color="black", edgecolor="white", linewidth=0.5, zorder=4)
+    for (x, y), name in zip(points, names):
+        ax.annotate(str(name), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, zorder=5)
 
 
 def poincare_disk(
@@ -172,10 +162,15 @@ def poincare_disk(
     path: str | Path,
     title: str,
     labels: Mapping[str, Sequence[str]] | None = None,
+    prompt_points: Mapping[str, Any] | None = None,
+    prompt_labels: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """One Poincare-disk panel per entry of ``points`` (name -> ``(N, 2)`` array inside the
-    unit disk, see :func:`to_disk_2d`), with the unit circle, equal aspect and points
-    coloured by ``labels[name]`` (one label per point) with a legend. Returns ``path``."""
+    """One disk panel per entry of ``points`` (name -> ``(N, 2)`` array inside the unit disk,
+    see :mod:`vlunlearn.report.disk`), with the unit circle, equal aspect, the same axes
+    limits on every panel and points coloured by ``labels[name]`` (one label per point) with
+    a legend. ``prompt_points[name]`` ``(K, 2)`` with ``prompt_labels[name]`` (``K`` concept
+    names) are drawn as labelled stars (on a hyperbolic view generic concepts sit near the
+    centre). Returns ``path``."""
     if not points:
         raise ValueError("poincare_disk needs at least one set of points")
     arrays = {name: np.asarray(p, dtype=float).reshape(-1, 2) for name, p in points.items()}
@@ -206,8 +201,10 @@ def poincare_disk(
                 ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), markerscale=1.2, frameon=False)
         elif len(p):
             ax.scatter(p[:, 0], p[:, 1], s=14, alpha=0.8)
-        ax.set_xlim(-1.05, 1.05)
-        ax.set_ylim(-1.05, 1.05)
+        if (prompt_points or {}).get(name) is not None:
+            _draw_prompts(ax, np.asarray(prompt_points[name], dtype=float).reshape(-1, 2), (prompt_labels or {}).get(name) or [])
+        ax.set_xlim(-DISK_LIMIT, DISK_LIMIT)
+        ax.set_ylim(-DISK_LIMIT, DISK_LIMIT)
         ax.set_aspect("equal")
         ax.set_title(name)
         ax.set_xticks([])

@@ -69,21 +69,26 @@ def _alignment_panels(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, A
     return panels, gaps, forget_rows
 
 
-def _disk_panels(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """before = original, after = hac (else the first method) with disk points."""
+def _disk_panels(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """before = original, after = hac (else the first method) with disk points.
+
+    Returns the keyword arguments of :func:`figures.poincare_disk` that hold data: ``points``,
+    ``labels``, ``prompt_points`` and ``prompt_labels`` (panel name -> artifact)."""
     with_points = [r for r in records if _has(r, "disk_points")]
     before = next((r for r in with_points if r.get("method") == "original"), None)
     others = _methods(with_points)
     after = next((r for r in others if r.get("method") == "hac"), others[0] if others else None)
-    points: dict[str, Any] = {}
-    labels: dict[str, Any] = {}
+    panels: dict[str, dict[str, Any]] = {"points": {}, "labels": {}, "prompt_points": {}, "prompt_labels": {}}
     for tag, record in (("before (original)", before), (f"after ({after.get('method') if after else ''})", after)):
         if record is None:
             continue
-        points[tag] = np.asarray(_artifact(record, "disk_points"), dtype=float)
-        if _artifact(record, "disk_labels") is not None:
-            labels[tag] = list(_artifact(record, "disk_labels"))
-    return points, labels
+        panels["points"][tag] = np.asarray(_artifact(record, "disk_points"), dtype=float)
+        for key, artifact in (("labels", "disk_labels"), ("prompt_labels", "disk_prompt_labels")):
+            if _artifact(record, artifact) is not None:
+                panels[key][tag] = [str(name) for name in _artifact(record, artifact)]
+        if _has(record, "disk_prompt_points"):
+            panels["prompt_points"][tag] = np.asarray(_artifact(record, "disk_prompt_points"), dtype=float)
+    return panels
 
 
 def _matplotlib_available() -> bool:
@@ -101,7 +106,8 @@ def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
     a ``schema_version`` key is replaced by the current one). Figures, per (model, geometry,
     forget) group: ``alignment_<geometry>_<forget>.png`` (records with
     ``artifacts.alignment_matrix``), ``d0_<geometry>_<forget>.png`` (Lorentz groups, from
-    ``artifacts.image_d0``), ``disk_<geometry>_<forget>.png`` (``artifacts.disk_points``);
+    ``artifacts.image_d0``), ``disk_<geometry>_<forget>.png`` (``artifacts.disk_points``, with
+    ``disk_prompt_points``/``disk_prompt_labels`` when present);
     and ``scatter.png`` over all records. When two groups would share a file name the model
     name is added. Raises :class:`VlunlearnError` when ``out/results.json`` already exists.
     Returns the written paths (results.json, figures, report.md).
@@ -142,7 +148,9 @@ def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
             if panels:
                 path = name_for("alignment", model, geometry, forget)
                 figure_paths.append(
-                    fig.alignment_heatmaps(panels, path, f"Alignment audit: {label}", gaps=gaps, forget_rows=forget_rows)
+                    fig.alignment_heatmaps(
+                        panels, path, f"Alignment audit: {label}", gaps=gaps, forget_rows=forget_rows, geometry=geometry,
+                    )
                 )
             if geometry == "lorentz":
                 d0 = {str(r.get("method")): _artifact(r, "image_d0") for r in order_methods(group) if _has(r, "image_d0")}
@@ -151,10 +159,12 @@ def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
                     figure_paths.append(
                         fig.distance_histograms(d0, path, f"Image distance to origin: {label}", xlabel="image d0 (geodesic)")
                     )
-            points, labels = _disk_panels(group)
-            if points:
+            disk = _disk_panels(group)
+            if disk["points"]:
                 path = name_for("disk", model, geometry, forget)
-                figure_paths.append(fig.poincare_disk(points, path, f"Poincare disk: {label}", labels=labels or None))
+                kind = "Poincare disk" if geometry == "lorentz" else "Disk view"
+                extra = {key: value or None for key, value in disk.items() if key != "points"}
+                figure_paths.append(fig.poincare_disk(disk["points"], path, f"{kind}: {label}", **extra))
         if any(
             (r.get("metrics") or {}).get("zs_test_forget") is not None
             and (r.get("metrics") or {}).get("zs_test_retain") is not None
