@@ -154,7 +154,7 @@ def test_builtin_captions_are_fixed_and_templates_vary_by_item():
     assert load_builtin("fashion-mnist", "test").captions[:50] != a.captions[:50]
     # train and test digits are disjoint images
     train = load_builtin("digits", "train").images.flatten(1)
-    assert not (d0.images.flatten(1)[:20, None, :] == train[None]).all(-1).any()
+    assert not (load_builtin("digits", "test").images.flatten(1)[:20, None, :] == train[None]).all(-1).any()
 
 
 def test_builtin_datasets_do_not_share_mutable_images():

@@ -2,13 +2,13 @@
 
 import json
 
-from vlunlearn import workflows
+from vlunlearn import demo
 from vlunlearn.cli import main
 
 
 def test_demo_writes_a_complete_report(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(workflows, "DEMO_STEPS", 20)
-    monkeypatch.setattr(workflows, "DEMO_REQUESTS", {"digits": (("seven",),)})
+    monkeypatch.setattr(demo, "DEMO_RECIPES", {"digits": {"steps": 20}})
+    monkeypatch.setattr(demo, "DEMO_REQUESTS", {"digits": (("seven",),)})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "--data", "digits", "--out", str(out), "--quiet"]) == 0
@@ -30,4 +30,4 @@ def test_demo_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     assert "Report:" in stdout and "hac" in stdout
     # the pretrained originals are cached: a second demo reuses them
     cached = sorted(p.name for p in (tmp_path / "cache" / "vlunlearn").iterdir())
-    assert cached == ["digits-euclidean-20-seed0", "digits-lorentz-20-seed0"]
+    assert cached == ["digits-euclidean-20x256-seed0", "digits-lorentz-20x256-seed0"]

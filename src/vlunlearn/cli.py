@@ -28,14 +28,15 @@ def _pretrain_command(args: argparse.Namespace) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from vlunlearn.workflows import demo_run
+    from vlunlearn.demo import demo_run
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     results = demo_run(args.data, out, seed=args.seed, progress=not args.quiet)
     _print_table(
         results,
-        f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; MIA AUC of D_f vs test; "
-        "gap = alignment gap; /retrain = time / retraining time):",
+        f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; AP f = detection AP of the forgotten "
+        "concepts; R@1 = test image->text Recall@1; calibrated MIA AUC of D_f vs test-forget; dist. = D_f vs D_r "
+        "distinguishability; KS p vs the oracle; gap = alignment gap; /retrain = time / retraining time):",
     )
     print(f"\nReport: {out / 'report.md'}")
     return 0
@@ -49,13 +50,18 @@ def _print_table(results: dict, title: str) -> None:
         return f"{'-' if number is None else f'{number:.{decimals}f}':>{width}}"
 
     print(f"\n{title}")
-    print(f"{'geometry':<10}{'forget':<20}{'method':<14}{'forget %':>9}{'retain %':>9}{'MIA AUC':>9}{'gap':>8}{'seconds':>9}{'/retrain':>9}")
+    print(f"{'geometry':<10}{'forget':<18}{'method':<13}{'forget %':>9}{'retain %':>9}{'AP f':>7}{'R@1':>6}"
+          f"{'MIA AUC [95% CI]':>21}{'dist.':>7}{'KS p':>7}{'gap':>8}{'seconds':>8}{'/retrain':>9}")
     for record in results["records"]:
         m = record["metrics"]
+        low, high = as_number(m.get("mia_calibrated_auc_low")), as_number(m.get("mia_calibrated_auc_high"))
+        interval = f" [{low:.2f},{high:.2f}]" if low is not None and high is not None else ""
         print(
-            f"{record['geometry']:<10}{'+'.join(record['forget']):<20}{record['method']:<14}"
-            + cell(m.get("zs_test_forget"), 1, 9) + cell(m.get("zs_test_retain"), 1, 9) + cell(m.get("mia_auc"), 3, 9)
-            + cell(m.get("alignment_gap"), 3, 8) + cell(m.get("seconds"), 1, 9) + cell(m.get("ratio_to_retrain"), 3, 9)
+            f"{record['geometry']:<10}{'+'.join(record['forget']):<18}{record['method']:<13}"
+            + cell(m.get("zs_test_forget"), 1, 9) + cell(m.get("zs_test_retain"), 1, 9) + cell(m.get("det_ap_forget"), 2, 7)
+            + cell(m.get("retrieval_test_i2t_r1"), 1, 6) + f"{cell(m.get('mia_calibrated_auc'), 3, 6) + interval:>21}"
+            + cell(m.get("distinguishability"), 3, 7) + cell(m.get("ks_pvalue"), 3, 7) + cell(m.get("alignment_gap"), 3, 8)
+            + cell(m.get("seconds"), 1, 8) + cell(m.get("ratio_to_retrain"), 3, 9)
         )
 
 
@@ -182,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="pretrain tiny CLIP and MERU, unlearn one and three concepts with every method, report"
     )
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
-    demo.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
+    demo.add_argument("--data", default="fashion-scenes", choices=BUILTIN_DATASETS)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo_command)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -55,8 +54,8 @@ def pretrain_run(
     out = create_run_folder(out, resume=resume)
     if (out / "results.json").exists():
         raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
-    train_data = load_builtin(data_name, "train", seed=config.seed)
-    test_data = load_builtin(data_name, "test", seed=config.seed)
+    train_data = load_builtin(data_name, "train")
+    test_data = load_builtin(data_name, "test")
     tokenizer = Tokenizer()
     state_path = out / STATE_FILE
     model, result = pretrain(
@@ -97,7 +96,7 @@ def pretrain_run(
 
 
 def load_data(
-    data: str, test_data: str | None, model_config, seed: int = 0, workers: int = 0
+    data: str, test_data: str | None, model_config, workers: int = 0
 ) -> tuple[PairDataset, PairDataset]:
     """The train and test data of a run: a built-in dataset by name, or a user's data with its
     held-out split in ``test_data``, each an annotation file (CSV/JSONL, image paths relative
@@ -109,7 +108,7 @@ def load_data(
     if data in BUILTIN_DATASETS:
         if test_data is not None:
             raise DataError(f"--test-data is for a user's data; the built-in {data!r} has its own test split")
-        return load_builtin(data, "train", seed=seed), load_builtin(data, "test", seed=seed)
+        return load_builtin(data, "train"), load_builtin(data, "test")
     if not Path(data).exists():
         raise DataError(
             f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor an annotation "
@@ -167,8 +166,7 @@ def unlearn_run(
     model = load_any(checkpoint)
     metadata = _metadata(checkpoint)
     recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
-    seed = recipe.seed if recipe is not None else 0
-    train_data, test_split = load_data(data_name, test_data, model.config, seed=seed, workers=workers)
+    train_data, test_split = load_data(data_name, test_data, model.config, workers=workers)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
     early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
@@ -215,96 +213,57 @@ def unlearn_run(
     return result
 
 
-DEMO_REQUESTS = {
-    "fashion-mnist": (("sneaker",), ("sneaker", "bag", "coat")),
-    "digits": (("seven",), ("one", "four", "seven")),
-}
-DEMO_STEPS = 234  # half the full recipe, so that the whole demo fits in 15 minutes on 2 cores
 DISK_SAMPLE = 300  # test images drawn in the Poincare-disk view
 
 
-def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = None, progress: bool = True) -> dict:
-    """The end-to-end demo: pretrain (or reuse cached) tiny CLIP and MERU, retrain the oracle and
-    run every method for one and for three concepts, evaluate everything, write the report.
-
-    Pretrained originals are cached under ``cache`` (default ``$XDG_CACHE_HOME/vlunlearn`` or
-    ``~/.cache/vlunlearn``) keyed by data, geometry, steps and seed.
-    """
-    from vlunlearn.methods import available_methods
-    from vlunlearn.report import write_report
-
-    out = create_run_folder(out)
-    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlunlearn"
-    tokenizer = Tokenizer()
-    train_data, test_data = load_builtin(data_name, "train", seed=seed), load_builtin(data_name, "test", seed=seed)
-    records = []
-    for geometry in ("euclidean", "lorentz"):
-        recipe = PretrainConfig(geometry=geometry, steps=DEMO_STEPS, seed=seed)
-        original, pretrain_seconds = _cached_original(recipe, data_name, train_data, cache, tokenizer, progress)
-        methods = [m for m in available_methods() if geometry == "lorentz" or m != "hac"]
-        for concepts in DEMO_REQUESTS[data_name]:
-            splits = make_splits(train_data, test_data, UnlearningRequest(concepts=concepts))
-
-            def record(method: str, model, seconds: float, steps: int, peak_bytes: int | None) -> dict:
-                cost = {"seconds": seconds, "steps": steps, "peak_memory_bytes": peak_bytes}
-                return evaluation_record(model, method, splits, test_data, tokenizer, seed=seed, cost=cost)
-
-            group = [record("original", original, pretrain_seconds, recipe.steps, None)]
-            for method in ("retrain", *methods):
-                with peak_memory() as peak:
-                    model, run = unlearn(original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=progress)
-                group.append(record(method, model, run.seconds, run.steps, peak.peak_bytes))
-            records += add_ratio_to_retrain(group)
-    results = {
-        "kind": "demo",
-        "config": {"data": data_name, "seed": seed, "pretrain_steps": DEMO_STEPS},
-        "data": {"name": data_name, "train_hash": train_data.content_hash()},
-        "environment": environment(),
-        "records": records,
-    }
-    write_report(results, out)
-    return results
-
-
-def _cached_original(recipe, data_name, train_data, cache, tokenizer, progress):
-    folder = cache / f"{data_name}-{recipe.geometry}-{recipe.steps}-seed{recipe.seed}"
-    results = folder / "results.json"
-    if results.exists():
-        return load_any(folder / "model"), json.loads(results.read_text())["seconds"]
-    model, result = pretrain(recipe, train_data, tokenizer=tokenizer, progress=progress)
-    save_model(model, folder / "model", metadata={"pretrain": recipe.to_dict()}, overwrite=True)
-    write_json(results, {"seconds": result.seconds, "train_hash": train_data.content_hash()})
-    return model, result.seconds
-
-
-def _disk_view(model, test_data, seed: int) -> dict:
-    from vlunlearn.evaluation import encode_images
-    from vlunlearn.report.figures import to_disk_2d
-
+def disk_sample(test_data: PairDataset, seed: int) -> PairDataset:
+    """The seeded test images every model of a request is drawn with in the disk view."""
     picks = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(seed))[:DISK_SAMPLE]
-    sample = test_data.subset(picks)
-    points = to_disk_2d(encode_images(model, sample), model.curvature().item())
-    return {"disk_points": points.tolist(), "disk_labels": [sample.class_names[i] for i in sample.labels.tolist()]}
+    return test_data.subset(picks)
+
+
+def original_disk_basis(model, test_data: PairDataset, seed: int):
+    """The disk projection shared by every model of a request: the original's principal axes
+    (``None`` for a Euclidean model, which gets no disk view)."""
+    from vlunlearn.report.disk import disk_basis
+
+    return disk_basis(model, disk_sample(test_data, seed)) if model.geometry.hyperbolic else None
+
+
+def _disk_view(model, test_data: PairDataset, tokenizer: Tokenizer, seed: int, basis) -> dict:
+    from vlunlearn.evaluation.landing import hierarchy_prompts
+    from vlunlearn.report.disk import disk_view
+
+    sample = disk_sample(test_data, seed)
+    prompts = hierarchy_prompts(sample.hierarchy) if sample.hierarchy is not None else None
+    return disk_view(model, sample, tokenizer, basis, prompts)
 
 
 def evaluation_record(
-    model, method: str, splits, test_data, tokenizer: Tokenizer, *, seed: int = 0, cost: dict | None = None
+    model, method: str, splits, test_data, tokenizer: Tokenizer, *, train_data=None, oracle_forget_scores=None,
+    disk_basis=None, seed: int = 0, cost: dict | None = None,
 ) -> dict:
     """One ``results.json`` record: every metric of ``model`` on ``splits`` plus its figure artifacts.
 
-    ``cost`` (seconds, steps, peak memory) is merged into the metrics when known.
+    ``train_data`` is the gallery D_f is retrieved against; ``oracle_forget_scores`` the retrained
+    model's D_f pair scores (for the KS test); ``cost`` (seconds, steps, peak memory) is merged into
+    the metrics when known. The record's ``forget_pair_scores`` artifact lets the caller pass a
+    retrain record's scores on to the other models; it is dropped before results are written.
     """
     from vlunlearn.evaluation.suite import evaluate_unlearning
 
-    metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, seed=seed)
-    if model.geometry.hyperbolic:
-        artifacts.update(_disk_view(model, test_data, seed))
+    metrics, artifacts = evaluate_unlearning(
+        model, splits, tokenizer, train=train_data, test=test_data, oracle_forget_scores=oracle_forget_scores, seed=seed,
+    )
+    if disk_basis is not None:
+        artifacts.update(_disk_view(model, test_data, tokenizer, seed, disk_basis))
     metrics.update({key: value for key, value in (cost or {}).items() if value is not None})
     return {
         "model": model.config.name,
         "geometry": model.config.geometry,
-        "forget": _forget_label(splits.request.to_dict()),
+        "forget": forget_label(splits.request.to_dict()),
         "method": method,
+        "seed": seed,
         "metrics": metrics,
         "artifacts": artifacts,
     }
@@ -372,19 +331,27 @@ def evaluate_run(
     for path, recorded in zip(checkpoints, provenance):
         entries.append((recorded.get("method") or Path(path).resolve().parent.name, Path(path)))
     first_model = load_any(entries[0][1])  # its input size and channels decide how users' images are read
-    train_data, test_split = load_data(data_name, test_data, first_model.config, seed=seed, workers=workers)
+    train_data, test_split = load_data(data_name, test_data, first_model.config, workers=workers)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
-    group = []
-    for index, (method, path) in enumerate(tqdm(entries, desc="evaluate", unit="model", disable=not progress)):
+    group: list[dict] = [{} for _ in entries]
+    oracle_scores = None
+    basis = original_disk_basis(first_model, test_split, seed)  # the original's, when it is evaluated
+    retrain_first = sorted(range(len(entries)), key=lambda i: entries[i][0] != "retrain")  # its D_f scores feed the KS test
+    for index in tqdm(retrain_first, desc="evaluate", unit="model", disable=not progress):
+        method, path = entries[index]
         recorded = _metadata(path)
         run = recorded.get("unlearn", {}).get("run") or recorded.get("run") or {}  # cost, when a run recorded it
         model = first_model if index == 0 else load_any(path)
-        if group and model.config.geometry != group[0]["geometry"]:
-            raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {group[0]['geometry']}")
+        if model.config.geometry != first_model.config.geometry:
+            raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {first_model.config.geometry}")
         cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
-        record = evaluation_record(model, method, splits, test_split, tokenizer, seed=seed, cost=cost)
-        group.append({**record, "checkpoint": str(path)})
+        record = evaluation_record(model, method, splits, test_split, tokenizer, train_data=train_data,
+                                   oracle_forget_scores=oracle_scores, disk_basis=basis, seed=seed, cost=cost)
+        scores = record["artifacts"].pop("forget_pair_scores")
+        if method == "retrain" and oracle_scores is None:
+            oracle_scores = torch.tensor(scores, dtype=torch.float64)
+        group[index] = {**record, "checkpoint": str(path)}
     for record, digest in zip(group[len(group) - len(checkpoints) :], digests):
         record["checkpoint_file"] = digest
     results = {
@@ -439,15 +406,18 @@ def report_run(sources: list[Path], out: Path) -> dict:
     results.json files) into one report in the new folder ``out``.
 
     An ``unlearn`` run contributes two records (original and unlearned, metrics only).
-    When several runs hold a record for the same (model, geometry, forget, method), the one
-    with the most metrics is kept, in the place where the first appeared.
+    Records of the same (model, geometry, forget, method) made with different seeds merge into
+    one with the mean, standard deviation and 95% interval of every metric over the seeds
+    (:func:`~vlunlearn.report.merge.merge_seeds`); of two with the same seed, the one with the
+    most metrics is kept.
     """
     from vlunlearn.report import write_report
+    from vlunlearn.report.merge import merge_seeds
 
     out = check_new_run_folder(out)
     if not sources:
         raise VlunlearnError("nothing to report: give at least one run folder or results.json")
-    records: dict[tuple, dict] = {}
+    records: list[dict] = []
     hashes = []
     for source in sources:
         path = Path(source) / "results.json" if Path(source).is_dir() else Path(source)
@@ -458,10 +428,7 @@ def report_run(sources: list[Path], out: Path) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise VlunlearnError(f"{path} is not a results.json file: {error}") from None
         hashes.append((document.get("data") or {}).get("train_hash"))
-        for record in _records_of(document, path):
-            key = (record.get("model"), record.get("geometry"), tuple(record.get("forget") or ()), record.get("method"))
-            if len(record.get("metrics") or {}) > len((records.get(key) or {}).get("metrics") or {}):
-                records[key] = record
+        records += _records_of(document, path)
     if len(set(hashes)) > 1:
         raise VlunlearnError("these runs used different training data (their data hashes differ); report them separately")
     results = {
@@ -469,7 +436,7 @@ def report_run(sources: list[Path], out: Path) -> dict:
         "config": {"sources": [str(s) for s in sources]},
         "data": {"train_hash": hashes[0]},
         "environment": environment(),
-        "records": list(records.values()),
+        "records": merge_seeds(records),
     }
     write_report(results, create_run_folder(out))
     return results
@@ -480,7 +447,7 @@ def _metadata(path: Path) -> dict:
     return read_metadata(path) if Path(path).is_dir() else {}
 
 
-def _forget_label(request: dict) -> list[str]:
+def forget_label(request: dict) -> list[str]:
     """What a record's ``forget`` field shows: the concepts, or ``["<n> samples"]``."""
     return list(request.get("concepts") or []) or [f"{len(request.get('sample_ids') or [])} samples"]
 
@@ -492,11 +459,12 @@ def _records_of(document: dict, path: Path) -> list[dict]:
         base = {
             "model": document.get("model", "?"),
             "geometry": document.get("geometry", "?"),
-            "forget": _forget_label(document["request"]),
+            "forget": forget_label(document["request"]),
         }
         run = document.get("run", {})
         return [
             {**base, "method": "original", "metrics": document["metrics"]["original"]},
-            {**base, "method": document["method"], "metrics": {**document["metrics"]["unlearned"], **run}},
+            {**base, "method": document["method"], "seed": document.get("seed"),
+             "metrics": {**document["metrics"]["unlearned"], **run}},
         ]
     raise VlunlearnError(f"{path} holds no records (a results.json of a demo, evaluate or unlearn run is expected)")

@@ -205,11 +205,18 @@ class Tokenizer:
 
     def __init__(self, vocab_path: str | os.PathLike | None = None) -> None:
         self._vocab = _get_vocab(vocab_path)
+        self._known: dict[str, tuple[int, ...]] = {}  # evaluation tokenises the same captions many times
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of one caption, ``[SOT, ..., EOT]``, not truncated."""
+        """Token ids of one caption, ``[SOT, ..., EOT]``, not truncated (each distinct text is
+        tokenised once per tokenizer)."""
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode expects a str, got {type(text).__name__}")
+        if text not in self._known:
+            self._known[text] = tuple(self._encode(text))
+        return list(self._known[text])
+
+    def _encode(self, text: str) -> list[int]:
         vocab = self._vocab
         byte_encoder = vocab.byte_encoder
         encoder = vocab.encoder

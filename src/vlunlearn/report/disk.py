@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +32,7 @@ from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.geometry import euclidean, lorentz
 
 __all__ = [
-    "NO_CLASS", "disk_basis", "disk_view", "item_labels", "lorentz_to_disk", "principal_axes", "project_to_disk", "to_disk_2d",
+    "NO_CLASS", "disk_basis", "disk_view", "item_labels", "lorentz_to_disk", "principal_axes", "project_to_disk",
 ]
 
 NO_CLASS = "(no class)"
@@ -82,18 +81,6 @@ def project_to_disk(x: Tensor, basis: Tensor, c: float | None) -> Tensor:
     magnitude of a Lorentz model, ``None`` for a Euclidean one. ``(N, D), (D, 2) -> (N, 2)``."""
     u = _tangent(x, c)
     return u @ basis.to(torch.float64) if c is None else lorentz_to_disk(u, basis, c)
-
-
-def to_disk_2d(x: Tensor, c: float) -> np.ndarray:
-    """A Poincare-disk view of Lorentz points ``(N, D)`` with their OWN principal axes (one
-    set of points only; use :func:`disk_basis` + :func:`disk_view` to compare models).
-    Returns a float64 array ``(N, 2)``."""
-    if x.ndim != 2:
-        raise ValueError(f"to_disk_2d expects (N, D) space components, got shape {tuple(x.shape)}")
-    if len(x) == 0:
-        return np.zeros((0, 2))
-    u = _tangent(x, float(c))
-    return lorentz_to_disk(u, principal_axes(u), float(c)).numpy()
 
 
 def disk_basis(model, images: PairDataset) -> Tensor:

@@ -21,7 +21,6 @@ from vlunlearn.errors import VlunlearnError
 from vlunlearn.evaluation.alignment import alignment_gap
 from vlunlearn.evaluation.oracle import as_number
 from vlunlearn.io import atomic_path
-from vlunlearn.report.disk import to_disk_2d
 from vlunlearn.report.markdown import group_key
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "heatmap_scale",
     "distance_histograms",
     "poincare_disk",
-    "to_disk_2d",
     "forget_retain_scatter",
 ]
 

@@ -21,21 +21,66 @@ NO_ORACLE = (
     "and there is no oracle, so the oracle gap is n/a."
 )
 
-# (header, metric key, decimals)
+# (header, metric key, decimals); each table is one row per method
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("test forget %", "zs_test_forget", 1),
     ("test retain %", "zs_test_retain", 1),
-    ("train forget %", "zs_train_forget", 1),
-    ("train retain %", "zs_train_retain", 1),
-    ("MIA AUC", "mia_auc", 3),
+    ("AP forget", "det_ap_forget", 3),
+    ("AP retain", "det_ap_retain", 3),
+    ("R@1 test", "retrieval_test_i2t_r1", 1),
+    ("R@1 D_f", "retrieval_forget_i2t_r1", 1),
+    ("MIA AUC (calibrated)", "mia_calibrated_auc", 3),
+    ("MIA AUC (CV)", "mia_auc", 3),
+    ("distinguish.", "distinguishability", 3),
+    ("KS p", "ks_pvalue", 3),
     ("alignment gap", "alignment_gap", 3),
     ("seconds", "seconds", 1),
+    ("peak MiB", "peak_memory_mib", 0),
+)
+DETAIL_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("test forget top-5 %", "zs_test_forget_top5", 1),
+    ("test forget macro %", "zs_test_forget_macro", 1),
+    ("train forget %", "zs_train_forget", 1),
+    ("train retain %", "zs_train_retain", 1),
+    ("R@5 test", "retrieval_test_i2t_r5", 1),
+    ("R@1 test t2i", "retrieval_test_t2i_r1", 1),
+    ("MIA TPR@1%FPR", "mia_calibrated_tpr_at_1_fpr", 3),
+    ("lands same", "landing_same", 2),
+    ("sibling", "landing_sibling", 2),
+    ("parent", "landing_parent", 2),
+    ("other", "landing_other", 2),
+    ("TIE", "tree_tie", 2),
+    ("entail D_f", "entailment_rate_forget", 2),
+    ("entail test forget", "entailment_rate_test_forget", 2),
+    ("D_f image d0", "forget_image_d0", 2),
+)
+INTERVALS = {"mia_calibrated_auc": "mia_calibrated_auc", "mia_auc": "mia_auc"}  # keys with a bootstrap interval
+MIA_NOTE = (
+    "The untouched original's {which} membership-attack interval [{low:.3f}, {high:.3f}] contains 0.5: "
+    "this attack cannot tell its training pairs from unseen ones on this data, so its values below prove nothing "
+    "about forgetting."
 )
 
 
 def _fmt(value: Any, decimals: int) -> str:
     number = as_number(value)
     return MISSING if number is None else f"{number:.{decimals}f}"
+
+
+def _metric(record: Mapping[str, Any], key: str, decimals: int) -> str:
+    """A cell: the value; ``mean ± std`` over seeds when the record merged several; the 95%
+    bootstrap interval ``[low, high]`` of a single run's attack AUC."""
+    metrics = record.get("metrics") or {}
+    value = metrics.get(key)
+    if key == "peak_memory_mib":
+        value = None if as_number(metrics.get("peak_memory_bytes")) is None else metrics["peak_memory_bytes"] / 2**20
+    text = _fmt(value, decimals)
+    spread = (record.get("spread") or {}).get(key)
+    if spread and spread.get("n", 1) > 1 and text != MISSING:
+        return f"{text} ± {spread['std']:.{decimals}f}"
+    if key in INTERVALS and text != MISSING and as_number(metrics.get(f"{key}_low")) is not None:
+        return f"{text} [{metrics[f'{key}_low']:.2f}, {metrics[f'{key}_high']:.2f}]"
+    return text
 
 
 def _cell(text: Any) -> str:
@@ -100,13 +145,38 @@ def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
     for record in ordered:
-        metrics = record.get("metrics") or {}
         name = _cell(record.get("method", "?"))
         gap = gaps.get(id(record))
         closest = best is not None and gap == best and record.get("method") not in ("original", "retrain")
         cells = [f"**{name}**" if closest else name]
-        cells += [_fmt(metrics.get(key), decimals) for _, key, decimals in COLUMNS]
+        cells += [_metric(record, key, decimals) for _, key, decimals in COLUMNS]
         cells.append("n/a" if retrain is None else (f"**{_fmt(gap, 3)}**" if closest else _fmt(gap, 3)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""] + _mia_notes(ordered) + _details(ordered)
+
+
+def _mia_notes(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+    original = next((r for r in ordered if r.get("method") == "original"), None)
+    if original is None:
+        return []
+    notes = []
+    for which, key in (("calibrated", "mia_calibrated_auc"), ("cross-validated", "mia_auc")):
+        metrics = original.get("metrics") or {}
+        low, high = as_number(metrics.get(f"{key}_low")), as_number(metrics.get(f"{key}_high"))
+        if low is not None and high is not None and low <= 0.5 <= high:
+            notes += [f"_{MIA_NOTE.format(which=which, low=low, high=high)}_", ""]
+    return notes
+
+
+def _details(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns = [c for c in DETAIL_COLUMNS if any(as_number((r.get("metrics") or {}).get(c[1])) is not None for r in ordered)]
+    if not columns:
+        return []
+    lines = ["More metrics (top-5 and macro accuracy, retrieval, attack TPR, where forget images land, hierarchy):", ""]
+    lines.append("| method | " + " | ".join(h for h, _, _ in columns) + " |")
+    lines.append("|" + "|".join([":---"] + ["---:"] * len(columns)) + "|")
+    for record in ordered:
+        cells = [_cell(record.get("method", "?"))] + [_metric(record, key, decimals) for _, key, decimals in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -123,11 +193,19 @@ FIGURE_CAPTIONS = {
 }
 
 GUIDE = (
-    "How to read: an unlearning method succeeds when its **test forget %** falls to the retrained oracle's, "
-    "its **test retain %** stays near the original's, and its **MIA AUC** and **alignment gap** match the "
-    "oracle's (an AUC near 0.5 means the forget pairs look like unseen data). The oracle gap is the mean of "
-    "|method - retrain| over train/test forget/retain accuracy (percent) and MIA AUC: lower is closer to "
-    "retraining; the closest method of each table is in bold."
+    "How to read: an unlearning method succeeds when its **test forget %** (zero-shot top-1 on single-item test "
+    "images of the forgotten concepts; every class, forgotten ones included, stays a candidate, MERU's convention) "
+    "and **AP forget** (detection of the forgotten concepts in every test image) fall to the retrained oracle's, "
+    "its **test retain %** and **AP retain** stay near the original's, and its privacy metrics match the oracle's: "
+    "**MIA AUC** (an attack trained on retain members vs unseen test-retain pairs, applied to D_f vs test-forget; "
+    "95% bootstrap interval in brackets; 0.5 = D_f looks unseen), **distinguish.** (ROC-AUC of the pair "
+    "similarity of D_f against D_r; higher = the deleted pairs stand apart from the kept ones), **KS p** (KS test "
+    "of the D_f pair-similarity distribution against the oracle's; high = indistinguishable from retraining) and "
+    "the **alignment gap**. Retrieval **R@1** is image-to-text Recall@1 by item on the test split, and for D_f "
+    "against the whole training gallery. The **oracle gap** is the mean over the forget/retain accuracies, the "
+    "two MIA AUCs and distinguishability of |method - retrain|, each on a common scale (accuracies as fractions, "
+    "so 10 points weigh as much as 0.1 of AUC): lower is closer to retraining; the closest method of each table "
+    "is in bold. With several seeds a cell shows mean ± standard deviation over the seeds."
 )
 
 
