@@ -394,3 +394,27 @@ def test_writer_passes_geometry_and_prompts(tmp_path, monkeypatch):
     assert list(args[0]) == ["before (original)", "after (hac)"]
     assert kwargs["prompt_labels"] == {tag: ["clothing", "sneaker", "boot"] for tag in args[0]}
     assert {tag: p.shape for tag, p in kwargs["prompt_points"].items()} == {tag: (3, 2) for tag in args[0]}
+
+
+def test_merge_seeds_gives_mean_std_and_t_interval():
+    from scipy import stats
+
+    from vlunlearn.report.merge import merge_seeds
+
+    base = {"model": "tiny", "geometry": "lorentz", "forget": ["sneaker"], "method": "hac"}
+    records = [{**base, "seed": seed, "metrics": {"auc": value, "only_first": 1.0} if seed == 0 else {"auc": value}}
+               for seed, value in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    records.append({**base, "method": "original", "seed": 0, "metrics": {"auc": 0.9}})
+    merged = merge_seeds(records)
+    assert [r["method"] for r in merged] == ["hac", "original"]
+    hac = merged[0]
+    assert hac["seeds"] == [0, 1, 2] and hac["metrics"]["auc"] == pytest.approx(0.7)
+    spread = hac["spread"]["auc"]
+    assert spread["std"] == pytest.approx(0.1) and spread["n"] == 3
+    half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
+    assert (spread["low"], spread["high"]) == (pytest.approx(0.7 - half), pytest.approx(0.7 + half))
+    assert hac["spread"]["only_first"]["n"] == 1 and hac["metrics"]["only_first"] == 1.0
+    assert merged[1] == records[3]  # one seed: unchanged
+    # the same seed twice: the record with more metrics wins, nothing is averaged
+    twice = merge_seeds([records[1], {**records[1], "metrics": {"auc": 0.1, "extra": 2.0}}])
+    assert twice[0]["metrics"] == {"auc": 0.1, "extra": 2.0} and "spread" not in twice[0]

@@ -3,11 +3,29 @@
 import math
 
 import pytest
+import torch
 
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
-from vlunlearn.evaluation import evaluate_splits
-from vlunlearn.evaluation.suite import evaluate_unlearning
+from vlunlearn.evaluation.forget_quality import pair_scores
+from vlunlearn.evaluation.suite import evaluate_unlearning, forgotten_classes
 from vlunlearn.models import build_model
+
+PARTS = ("test_forget", "test_retain", "train_forget", "train_retain")
+EXPECTED = (
+    {f"zs_{p}{s}" for p in PARTS for s in ("", "_macro", "_top5", "_top5_macro")}
+    | {"det_ap_forget", "det_ap_retain", "alignment_gap", "distinguishability", "distinguishability_std"}
+    | {f"retrieval_{part}_{d}_r{k}" for part in ("test", "forget", "retain") for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    | {f"mia_{a}{k}" for a in ("", "calibrated_") for k in ("auc", "auc_low", "auc_high", "balanced_accuracy",
+                                                            "tpr_at_1_fpr", "members", "nonmembers")}
+    | {"mia_accuracy", "ks_statistic", "ks_pvalue"}
+    | {f"landing_{r}" for r in ("same", "sibling", "parent", "child", "other")}
+    | {f"tree_{m}" for m in ("tie", "lca", "jaccard", "hp", "hr")}
+)
+HYPERBOLIC = (
+    {"entailment_rate_forget", "entailment_rate_test_forget", "entailment_rate_retain", "forget_image_d0",
+     "d0_text_generic", "d0_text_family", "d0_text_class", "d0_test_images"}
+    | {f"d0_concept_{name}" for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")}
+)
 
 
 @pytest.mark.parametrize("geometry", ["euclidean", "lorentz"])
@@ -15,17 +33,32 @@ def test_suite_reports_every_metric(geometry):
     train, test = load_builtin("digits", "train").subset(range(400)), load_builtin("digits", "test").subset(range(200))
     splits = make_splits(train, test, UnlearningRequest(concepts=("seven",)))
     model, tokenizer = build_model("tiny", geometry), Tokenizer()
-    metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, retain_sample=100)
-    expected = {"zs_test_forget", "zs_test_retain", "zs_train_forget", "zs_train_retain", "mia_auc", "mia_accuracy",
-                "alignment_gap"} | {f"retrieval_{part}_{d}_r{k}" for part in ("forget", "retain", "test_forget")
-                                    for d in ("i2t", "t2i") for k in (1, 5, 10)}
-    if geometry == "lorentz":
-        expected |= {"entailment_rate_forget", "entailment_rate_retain", "forget_image_d0"}
-        assert len(artifacts["image_d0"]) == len(splits.forget)
+    oracle = pair_scores(build_model("tiny", geometry), splits.forget, tokenizer)
+    metrics, artifacts = evaluate_unlearning(model, splits, tokenizer, train=train, test=test,
+                                             oracle_forget_scores=oracle, retain_sample=100)
+    expected = EXPECTED | (HYPERBOLIC if geometry == "lorentz" else set())
     assert set(metrics) == expected
     assert all(math.isfinite(value) for value in metrics.values())
-    assert {k: metrics[k] for k in evaluate_splits(model, splits, tokenizer)} == evaluate_splits(model, splits, tokenizer)
+    if geometry == "lorentz":
+        assert len(artifacts["image_d0"]) == len(splits.forget) and len(artifacts["traversals"]) == 3
+        assert all(t["path"][-1] == "[ROOT]" for t in artifacts["traversals"])
+    assert len(artifacts["forget_pair_scores"]) == len(splits.forget)
+    # the same model as its own oracle: identical D_f score distributions
+    itself, _ = evaluate_unlearning(model, splits, tokenizer, oracle_forget_scores=torch.tensor(
+        artifacts["forget_pair_scores"], dtype=torch.float64), retain_sample=100)
+    assert itself["ks_statistic"] == 0.0 and itself["ks_pvalue"] == 1.0
     # a concept request: 32 forget pairs first, then 32 retain pairs to contrast with
     assert len(splits.forget) >= 32 and artifacts["alignment_forget_rows"] == 32
     assert len(artifacts["alignment_matrix"]) == 64 and len(artifacts["alignment_matrix"][0]) == 64
-    assert 0.0 <= metrics["mia_auc"] <= 1.0
+    # D_f retrieved against the whole training gallery is harder than against D_f alone
+    alone, _ = evaluate_unlearning(model, splits, tokenizer, retain_sample=100)
+    assert metrics["retrieval_forget_i2t_r10"] <= alone["retrieval_forget_i2t_r10"]
+
+
+def test_forgotten_class_of_each_item():
+    scenes = load_builtin("fashion-scenes", "test").subset(range(40))
+    shown = forgotten_classes(scenes, ("bag", "sneaker"))
+    for name, concepts in zip(shown, scenes.concepts):
+        assert name == ("bag" if "bag" in concepts else "sneaker" if "sneaker" in concepts else None)
+    # a sample request forgets no class: the first class the item shows
+    assert forgotten_classes(scenes, ())[0] == next(c for c in scenes.class_names if c in scenes.concepts[0])

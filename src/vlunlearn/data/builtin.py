@@ -4,7 +4,7 @@ subset and scikit-learn's digits.
 All have 10 classes, 28x28 grey images and a three-level concept hierarchy
 (generic -> family -> class), so every item has three captions.
 
-- ``fashion-scenes`` (the demo's default): 6,000 training and 2,000 test scenes of one to
+- ``fashion-scenes`` (the demo's default): 3,000 training and 2,000 test scenes of one to
   three Fashion-MNIST items with pair-specific captions (see :mod:`vlunlearn.data.scenes`).
 
 - ``fashion-mnist``: 1000 images per class for training (10,000) and 200 per class for

@@ -31,7 +31,7 @@ import torch
 
 from vlunlearn.data.hierarchy import FASHION_MNIST, ConceptHierarchy, fill
 
-TRAIN_SCENES = 6000
+TRAIN_SCENES = 3000  # few enough that the originals remember their pairs: a membership signal to audit
 TEST_SCENES = 2000
 ITEM_COUNT_WEIGHTS = (0.2, 0.4, 0.4)  # scenes with one, two and three items
 CELL = 14

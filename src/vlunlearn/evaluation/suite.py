@@ -48,7 +48,8 @@ def _hyperbolic(model, splits: UnlearningSplits, test: PairDataset, retain_sampl
         "entailment_rate_test_forget": entailment_rate(model, splits.test_forget, tokenizer),
         "entailment_rate_retain": entailment_rate(model, retain_sample, tokenizer),
     }
-    metrics.update({f"d0_text_{level}": value for level, value in distance_to_origin_by_level(model, test, tokenizer).items()})
+    by_level = distance_to_origin_by_level(model, test, tokenizer)  # caption levels, then "images"
+    metrics.update({"d0_test_images" if level == "images" else f"d0_text_{level}": d0 for level, d0 in by_level.items()})
     by_concept = distance_to_origin_by_concept(model, test, tokenizer, group_by="concepts")
     metrics.update({f"d0_concept_{name}": value for name, value in by_concept.items()})
     d0 = lorentz.dist_to_origin(encode_images(model, splits.forget), model.curvature())

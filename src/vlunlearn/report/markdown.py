@@ -152,7 +152,19 @@ def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
         cells += [_metric(record, key, decimals) for _, key, decimals in COLUMNS]
         cells.append("n/a" if retrain is None else (f"**{_fmt(gap, 3)}**" if closest else _fmt(gap, 3)))
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""] + _mia_notes(ordered) + _details(ordered)
+    return lines + [""] + _mia_notes(ordered) + _details(ordered) + _traversals(ordered)
+
+
+def _traversals(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+    """MERU's traversal of the same forget images under each model: before (original) and after."""
+    shown = [r for r in ordered if (r.get("artifacts") or {}).get("traversals")]
+    if not shown:
+        return []
+    lines = ["", "Traversals of forget images towards the origin (concepts met on the way, image end first):", ""]
+    for record in shown:
+        for walk in record["artifacts"]["traversals"]:
+            lines.append(f"- {_cell(record.get('method', '?'))}, `{_cell(walk['id'])}`: {' → '.join(map(_cell, walk['path']))}")
+    return lines
 
 
 def _mia_notes(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
