@@ -3,6 +3,7 @@
 import json
 
 from vlunlearn import demo
+from vlunlearn.data import load_builtin
 from vlunlearn.cli import main
 
 
@@ -21,10 +22,16 @@ HYPERBOLIC = (
 )
 
 
+def _small_digits(name, split):
+    data = load_builtin(name, split)
+    return data.subset(range(400 if split == "train" else 200))
+
+
 def test_demo_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEMO_RECIPES", {"digits": {"steps": 20}})
     monkeypatch.setattr(demo, "DEMO_REQUESTS", {"digits": (("seven",),)})
     monkeypatch.setattr(demo, "METHOD_STEPS", 2)
+    monkeypatch.setattr(demo, "load_builtin", _small_digits)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "--data", "digits", "--out", str(out), "--quiet"]) == 0

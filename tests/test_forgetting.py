@@ -7,6 +7,7 @@ from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_spli
 from vlunlearn.evaluation import evaluate_splits
 
 
+@pytest.mark.slow  # two 234-step pretrains: `make test-slow`
 @pytest.mark.parametrize(("geometry", "method"), [("euclidean", "ac"), ("lorentz", "hac")])
 def test_default_method_forgets_sneaker_and_keeps_the_rest(fashion_pretrained, geometry, method):
     tokenizer = Tokenizer()

@@ -102,6 +102,7 @@ def _unlearn_and_evaluate(checkpoint: Path, data: dict[str, Path], tmp_path: Pat
     return json.loads((tmp_path / "evaluation" / "results.json").read_text())
 
 
+@pytest.mark.slow  # an 85M-parameter ViT-B through unlearn and evaluate on CPU: `make test-slow`
 def test_a_random_meru_vit_b_in_meru_layout_through_unlearn_and_evaluate(tmp_path, capsys):
     torch.manual_seed(0)
     checkpoint = export_meru_checkpoint(build_model("meru-vit-b", "lorentz"), tmp_path / "meru_vit_b.pth")
