@@ -164,7 +164,7 @@ def test_builtin_datasets_do_not_share_mutable_images():
 
 
 def test_builtin_unknown_name_or_split():
-    assert BUILTIN_DATASETS == ("fashion-mnist", "digits")
+    assert BUILTIN_DATASETS == ("fashion-scenes", "fashion-mnist", "digits")
     with pytest.raises(DataError, match="fashion-mnist, digits"):
         load_builtin("cifar10", "train")
     with pytest.raises(DataError, match="train, test"):
