@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation.oracle import peak_memory
@@ -16,7 +15,7 @@ from vlunlearn.provenance import environment
 from vlunlearn.runs import create_run_folder, write_json
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 from vlunlearn.unlearning import unlearn
-from vlunlearn.workflows import add_ratio_to_retrain, evaluation_record, original_disk_basis
+from vlunlearn.workflows import add_ratio_to_retrain, evaluate_group
 
 DEMO_REQUESTS = {
     "fashion-scenes": (("sneaker",), ("sneaker", "bag", "coat")),
@@ -63,7 +62,7 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
         methods = [m for m in available_methods() if geometry == "lorentz" or m != "hac"]
         for concepts in DEMO_REQUESTS[data_name]:
             splits = make_splits(train_data, test_data, UnlearningRequest(concepts=concepts))
-            runs = [("original", original, pretrain_seconds, recipe.steps, None)]
+            runs = [("original", _given(original), {"seconds": pretrain_seconds, "steps": recipe.steps})]
             for method in ("retrain", *methods):
                 steps = {} if METHOD_STEPS is None or method == "retrain" else {"steps": METHOD_STEPS}
                 with peak_memory() as peak:
@@ -71,8 +70,9 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
                         original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=progress, seed=seed,
                         **steps,
                     )
-                runs.append((method, model, run.seconds, run.steps, peak.peak_bytes))
-            records += add_ratio_to_retrain(_evaluate_group(runs, splits, train_data, test_data, tokenizer, seed))
+                cost = {"seconds": run.seconds, "steps": run.steps, "peak_memory_bytes": peak.peak_bytes}
+                runs.append((method, _given(model), cost))
+            records += add_ratio_to_retrain(evaluate_group(runs, splits, train_data, test_data, tokenizer, seed=seed))
     results = {
         "kind": "demo",
         "config": {"data": data_name, "seed": seed, **{f"pretrain_{k}": v for k, v in DEMO_RECIPES[data_name].items()}},
@@ -84,22 +84,9 @@ def demo_run(data_name: str, out: Path, *, seed: int = 0, cache: Path | None = N
     return results
 
 
-def _evaluate_group(runs, splits, train_data, test_data, tokenizer, seed) -> list[dict]:
-    """One record per ``(method, model, seconds, steps, peak bytes)``; the retrained oracle is
-    evaluated first so that its D_f pair scores serve every other model's KS test."""
-    retrain = next(run for run in runs if run[0] == "retrain")
-    oracle_scores = None
-    basis = original_disk_basis(runs[0][1], test_data, seed)
-    records = {}
-    for method, model, seconds, steps, peak_bytes in [retrain] + [run for run in runs if run is not retrain]:
-        cost = {"seconds": seconds, "steps": steps, "peak_memory_bytes": peak_bytes}
-        record = evaluation_record(model, method, splits, test_data, tokenizer, train_data=train_data,
-                                   oracle_forget_scores=oracle_scores, disk_basis=basis, seed=seed, cost=cost)
-        scores = record["artifacts"].pop("forget_pair_scores")
-        if oracle_scores is None:
-            oracle_scores = torch.tensor(scores, dtype=torch.float64)
-        records[method] = record
-    return [records[run[0]] for run in runs]
+def _given(model):
+    """A loader of a model already in memory."""
+    return lambda: model
 
 
 def _cached_original(recipe: PretrainConfig, data_name: str, train_data, cache: Path, tokenizer, progress: bool):

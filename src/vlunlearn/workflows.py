@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -269,6 +270,34 @@ def evaluation_record(
     }
 
 
+def evaluate_group(
+    runs: list[tuple[str, Callable[[], object], dict]], splits, train_data, test_data, tokenizer: Tokenizer, *,
+    seed: int = 0, progress: bool = False,
+) -> list[dict]:
+    """One :func:`evaluation_record` per ``(method, load, cost)`` of one request, in the given order.
+
+    ``load()`` returns the model (so models are loaded one at a time); the first run's model
+    gives the shared disk projection; the retrained oracle, when present, is evaluated first so
+    that its D_f pair scores serve every other model's KS test.
+    """
+    records: list[dict] = [{} for _ in runs]
+    oracle_scores = None
+    basis = None
+    order = sorted(range(len(runs)), key=lambda i: runs[i][0] != "retrain")
+    for index in tqdm(order, desc="evaluate", unit="model", disable=not progress):
+        method, load, cost = runs[index]
+        model = load()
+        if basis is None:
+            basis = original_disk_basis(runs[0][1](), test_data, seed)
+        record = evaluation_record(model, method, splits, test_data, tokenizer, train_data=train_data,
+                                   oracle_forget_scores=oracle_scores, disk_basis=basis, seed=seed, cost=cost)
+        scores = record["artifacts"].pop("forget_pair_scores")
+        if method == "retrain" and oracle_scores is None:
+            oracle_scores = torch.tensor(scores, dtype=torch.float64)
+        records[index] = record
+    return records
+
+
 def add_ratio_to_retrain(group: list[dict]) -> list[dict]:
     """Add ``metrics.ratio_to_retrain`` (seconds / retrain seconds) to the unlearning records of
     one request's group, when the group has a timed retrain record. Returns ``group``."""
@@ -334,24 +363,22 @@ def evaluate_run(
     train_data, test_split = load_data(data_name, test_data, first_model.config, workers=workers)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
-    group: list[dict] = [{} for _ in entries]
-    oracle_scores = None
-    basis = original_disk_basis(first_model, test_split, seed)  # the original's, when it is evaluated
-    retrain_first = sorted(range(len(entries)), key=lambda i: entries[i][0] != "retrain")  # its D_f scores feed the KS test
-    for index in tqdm(retrain_first, desc="evaluate", unit="model", disable=not progress):
-        method, path = entries[index]
+    def loader(index: int, path: Path) -> Callable[[], object]:
+        def load():
+            model = first_model if index == 0 else load_any(path)
+            if model.config.geometry != first_model.config.geometry:
+                raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {first_model.config.geometry}")
+            return model
+        return load
+
+    runs = []
+    for index, (method, path) in enumerate(entries):
         recorded = _metadata(path)
         run = recorded.get("unlearn", {}).get("run") or recorded.get("run") or {}  # cost, when a run recorded it
-        model = first_model if index == 0 else load_any(path)
-        if model.config.geometry != first_model.config.geometry:
-            raise VlunlearnError(f"{path} is a {model.config.geometry} model but {entries[0][1]} is {first_model.config.geometry}")
-        cost = {"seconds": run.get("seconds"), "steps": run.get("steps")}
-        record = evaluation_record(model, method, splits, test_split, tokenizer, train_data=train_data,
-                                   oracle_forget_scores=oracle_scores, disk_basis=basis, seed=seed, cost=cost)
-        scores = record["artifacts"].pop("forget_pair_scores")
-        if method == "retrain" and oracle_scores is None:
-            oracle_scores = torch.tensor(scores, dtype=torch.float64)
-        group[index] = {**record, "checkpoint": str(path)}
+        runs.append((method, loader(index, path), {"seconds": run.get("seconds"), "steps": run.get("steps")}))
+    group = evaluate_group(runs, splits, train_data, test_split, tokenizer, seed=seed, progress=progress)
+    for record, (_, path) in zip(group, entries):
+        record["checkpoint"] = str(path)
     for record, digest in zip(group[len(group) - len(checkpoints) :], digests):
         record["checkpoint_file"] = digest
     results = {
