@@ -1,0 +1,339 @@
+"""Each unlearning method's distinctive terms against DESIGN §4, written out by hand.
+
+A tiny model whose embeddings are trainable tables (see :class:`TableModel`) turns every term
+into a closed-form value, so a term with a wrong sign, weight or target changes a number here.
+Terms that vanish against the untouched original (MultiDelete's retention, HAC's norm anchor)
+are checked against a perturbed original. ``retrain`` is no registered loss (it is pretraining
+on D_r), tested in tests/test_training.py.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tests.fakes import FakeTokenizer
+from vlunlearn.geometry import get_geometry
+from vlunlearn.methods import MethodContext, available_methods, get_method, make_config
+from vlunlearn.training.batches import PairBatch, TokenCache
+
+GEOMETRIES = ["euclidean", "lorentz"]
+C = 0.5  # curvature of the Lorentz model
+LOGIT_SCALE = 2.0  # exp(logit_scale)
+K = 0.1  # the half-aperture constant
+CAPTIONS = ["r0", "r1", "r2", "f0", "f1", "pool"]
+POOL = 5  # token of the only D_r caption the methods may draw as a mismatched partner
+TEXTS = torch.tensor(
+    [[0.8, 0.4, -0.1], [-0.2, 0.9, 0.7], [0.1, -0.3, 1.0], [0.6, 0.6, 0.2], [-0.5, 0.9, 0.5], [0.3, -0.8, -0.4]],
+    dtype=torch.float64,
+)
+# retain image 0 lies on its caption's axis beyond it (inside the cone), 1 opposite it and 2 on the
+# axis nearer the origin (both outside by pi - aperture); forget image 0 lies beyond its caption
+# (inside), forget image 1 nearly orthogonal to its caption (far outside)
+IMAGES = torch.stack([1.4 * TEXTS[0], -0.8 * TEXTS[1], 0.6 * TEXTS[2], 1.5 * TEXTS[3],
+                      torch.tensor([0.9, 0.3, 0.4], dtype=torch.float64)])
+
+
+def perturb(table: Tensor) -> Tensor:
+    """A fixed non-orthogonal change of every row, for an original that differs from the model. ``(N, 3) -> (N, 3)``."""
+    return 1.2 * table + 0.3 * table.roll(1, dims=1)
+
+
+class TableModel(nn.Module):
+    """Image ``i`` (every pixel ``i / 255``) embeds to ``embed(images[i])``, token ``k`` to
+    ``embed(texts[k])``, with the geometry's ``embed``: normalisation, or ``exp_map0`` (so in
+    the Lorentz model a row's norm is its embedding's distance to the origin). Tables are trainable."""
+
+    def __init__(self, geometry: str, images: Tensor = IMAGES, texts: Tensor = TEXTS) -> None:
+        super().__init__()
+        self.geometry = get_geometry(geometry)
+        self.c = C if self.geometry.hyperbolic else None
+        self.images = nn.Parameter(images.clone())
+        self.texts = nn.Parameter(texts.clone())
+        self.register_buffer("logit_scale", torch.tensor(math.log(LOGIT_SCALE), dtype=torch.float64))
+
+    def curvature(self) -> Tensor | None:
+        return None if self.c is None else torch.tensor(self.c, dtype=torch.float64)
+
+    def embed(self, rows: Tensor) -> Tensor:
+        return self.geometry.embed(rows, torch.tensor(1.0, dtype=torch.float64), self.curvature())
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.embed(self.images[(images[:, 0, 0, 0] * 255).round().long()])
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        return self.embed(self.texts[tokens[:, 0]])
+
+    def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encode_image(images), self.encode_text(tokens)
+
+
+def pairs(images: list[int], tokens: list[int]) -> PairBatch:
+    """A batch of image indices and caption tokens."""
+    pixels = torch.tensor(images, dtype=torch.float64).div(255).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    return PairBatch(pixels, torch.tensor(tokens).view(-1, 1), torch.tensor(images))
+
+
+RETAIN, FORGET = pairs([0, 1, 2], [0, 1, 2]), pairs([3, 4], [3, 4])
+
+
+def build(name: str, model: TableModel, original: TableModel | None = None, **settings):
+    """Method ``name`` through the public API; D_r's caption pool is the single caption ``pool``."""
+    method = get_method(name)
+    tokens = TokenCache(FakeTokenizer(CAPTIONS), 77)
+    context = MethodContext(copy.deepcopy(model) if original is None else original, ["pool"], tokens, seed=0)
+    return method(make_config(method.config_class, settings), context)
+
+
+def perturbed(geometry: str) -> TableModel:
+    return TableModel(geometry, perturb(IMAGES), perturb(TEXTS))
+
+
+# ---- DESIGN §2 and §4 written out independently of the library ----
+
+def similarity(model: TableModel, x: Tensor, y: Tensor) -> Tensor:
+    """``s(x_i, y_j)``: cosine, or minus the geodesic distance. ``(B1, D), (B2, D) -> (B1, B2)``."""
+    if model.c is None:
+        return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
+    x_t, y_t = (torch.sqrt(1 / model.c + (z * z).sum(-1)) for z in (x, y))
+    inner = x @ y.T - x_t[:, None] * y_t[None, :]
+    return -torch.acosh(torch.clamp(-model.c * inner, min=1.0)) / math.sqrt(model.c)
+
+
+def paired(model: TableModel, x: Tensor, y: Tensor) -> Tensor:
+    """``s(x_i, y_i)``. ``(B, D), (B, D) -> (B,)``."""
+    return torch.diagonal(similarity(model, x, y))
+
+
+def per_pair(model: TableModel, v: Tensor, t: Tensor) -> Tensor:
+    """``l_i``: mean of the image->text and text->image cross-entropies of pair ``i``. ``-> (B,)``."""
+    logits = LOGIT_SCALE * similarity(model, v, t)
+    target = torch.arange(len(v))
+    return (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")) / 2
+
+
+def tangent(model: TableModel, rows: Tensor) -> Tensor:
+    """Embeddings of table ``rows`` in the tangent space at the origin (log_map0(exp_map0(v)) = v)."""
+    return rows if model.c is not None else F.normalize(rows, dim=-1)
+
+
+def aperture(row: Tensor) -> float:
+    """Half-aperture of the cone at ``exp_map0(row)``, whose space part has norm sinh(sqrt(c)|row|)/sqrt(c)."""
+    return math.asin(2 * K / math.sinh(math.sqrt(C) * row.norm().item()))
+
+
+def encoded(model: TableModel, batch: PairBatch) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        return model(batch.images, batch.tokens)
+
+
+def con(model: TableModel, batch: PairBatch) -> float:
+    """``L_con`` of a batch under ``model``."""
+    return per_pair(model, *encoded(model, batch)).mean().item()
+
+
+def descend(model: TableModel, loss: Tensor, lr: float = 0.05) -> None:
+    """One plain gradient-descent step on ``loss`` over the model's tables."""
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param -= lr * param.grad
+
+
+def test_every_registered_method_has_its_terms_tested_here():
+    assert available_methods() == ["ac", "finetune", "hac", "multidelete", "neggrad", "neggrad_plus", "random_pairs"]
+
+
+# ---- baselines ----
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_finetune_is_the_retain_contrastive_loss(geometry):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        out = build("finetune", model).loss(model, RETAIN, FORGET, 0)
+    assert out.loss.item() == pytest.approx(con(model, RETAIN), rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_finetune_step_lowers_the_retain_loss_and_leaves_forget_images_alone(geometry):
+    model = TableModel(geometry)
+    before = con(model, RETAIN)
+    descend(model, build("finetune", model).loss(model, RETAIN, FORGET, 0).loss)
+    assert con(model, RETAIN) < before - 1e-3
+    torch.testing.assert_close(model.images.data[3:], IMAGES[3:])  # B_f takes no part
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_neggrad_is_minus_the_forget_contrastive_loss(geometry):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        out = build("neggrad", model).loss(model, RETAIN, FORGET, 0)
+    assert out.loss.item() == pytest.approx(-con(model, FORGET), rel=1e-9)
+    assert out.logs["forget"] == pytest.approx(con(model, FORGET), rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_neggrad_step_raises_the_forget_loss(geometry):
+    model = TableModel(geometry)
+    before = con(model, FORGET)
+    descend(model, build("neggrad", model).loss(model, RETAIN, FORGET, 0).loss)
+    assert con(model, FORGET) > before + 1e-3
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_neggrad_plus_descends_retain_and_ascends_gamma_times_forget(geometry):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        out = build("neggrad_plus", model, gamma=0.5).loss(model, RETAIN, FORGET, 0).loss
+        twice = build("neggrad_plus", model, gamma=2.0).loss(model, RETAIN, FORGET, 0).loss
+        once = build("neggrad_plus", model, gamma=1.0).loss(model, RETAIN, FORGET, 0).loss
+    assert out.item() == pytest.approx(con(model, RETAIN) - 0.5 * con(model, FORGET), rel=1e-9)
+    assert (twice - once).item() == pytest.approx(-con(model, FORGET), rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_random_pairs_trains_forget_images_on_retain_captions(geometry):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        out = build("random_pairs", model).loss(model, RETAIN, FORGET, 0).loss
+    relabelled = con(model, pairs([0, 1, 2, 3, 4], [0, 1, 2, POOL, POOL]))
+    true_captions = con(model, pairs([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]))
+    assert out.item() == pytest.approx(relabelled, rel=1e-9)
+    assert abs(relabelled - true_captions) > 0.1  # the check tells the two targets apart
+
+
+# ---- AC ----
+
+def partners(model: TableModel, pool: str, forget_text: Tensor) -> Tensor:
+    """Mismatched captions of the two forget pairs: each other's (a derangement of 2 is the swap) or D_r's."""
+    if pool == "forget":
+        return forget_text[[1, 0]]
+    with torch.no_grad():
+        return model.encode_text(torch.full((2, 1), POOL))
+
+
+@pytest.mark.parametrize("pool", ["retain", "forget"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_ac_loss_and_logs_match_the_formula(geometry, pool):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        out = build("ac", model, alpha=2.0, beta=0.7, partner_pool=pool).loss(model, RETAIN, FORGET, 0)
+    v_r, t_r = encoded(model, RETAIN)
+    v_f, t_f = encoded(model, FORGET)
+    losses = per_pair(model, torch.cat([v_r, v_f]), torch.cat([t_r, partners(model, pool, t_f)]))
+    positive = paired(model, v_f, t_f).mean().item()
+    expected = (losses[:3].sum() + 2.0 * losses[3:].sum()).item() / (3 + 2.0 * 2) + 0.7 * positive
+    assert out.loss.item() == pytest.approx(expected, rel=1e-9)
+    assert out.logs["retain"] == pytest.approx(losses[:3].mean().item(), rel=1e-9)
+    assert out.logs["negative_calibration"] == pytest.approx(losses[3:].mean().item(), rel=1e-9)
+    assert out.logs["forget_similarity"] == pytest.approx(positive, rel=1e-9)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_ac_beta_adds_the_similarity_of_true_forget_pairs(geometry):
+    model = TableModel(geometry)
+    with torch.no_grad():
+        once, twice = (build("ac", model, beta=b).loss(model, RETAIN, FORGET, 0).loss for b in (1.0, 2.0))
+    positive = paired(model, *encoded(model, FORGET)).mean().item()
+    assert abs(positive) > 0.1
+    assert (twice - once).item() == pytest.approx(positive, rel=1e-9)
+
+
+@pytest.mark.parametrize("pool", ["retain", "forget"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_ac_partners_are_mismatched_captions(geometry, pool):
+    model = TableModel(geometry)
+    method = build("ac", model, partner_pool=pool)
+    t_f = encoded(model, FORGET)[1]
+    for step in range(4):
+        with torch.no_grad():
+            partner = method.partner_embeddings(model, t_f, step)
+        torch.testing.assert_close(partner, partners(model, pool, t_f))
+        assert not any(torch.allclose(partner[i], t_f[i]) for i in range(2))
+
+
+# ---- HAC (Lorentz only) ----
+
+HAC_OFF = dict(lambda_ec=0.0, lambda_ent=0.0, lambda_norm=0.0, lambda_gen=0.0)
+
+
+def hac_term(model: TableModel, original: TableModel, term: str, log: str, **settings) -> tuple[float, float]:
+    """HAC's logged ``term`` with weight 1, and loss(weight 2) - loss(weight 1)."""
+    outs = []
+    for weight in (1.0, 2.0):
+        method = build("hac", model, original, **{**HAC_OFF, **settings, term: weight})
+        with torch.no_grad():
+            outs.append(method.loss(model, RETAIN, FORGET, 0))
+    return outs[0].logs[log], (outs[1].loss - outs[0].loss).item()
+
+
+def test_hac_entailment_calibration_pushes_forget_images_out_of_their_cones():
+    model = TableModel("lorentz")
+    term, added = hac_term(model, model, "lambda_ec", "entailment_calibration", ec_margin=0.05)
+    # forget image 0 lies inside its caption's cone by the aperture (exterior angle 0) and must
+    # leave it by the margin; forget image 1 is already far outside and adds nothing
+    expected = (aperture(TEXTS[3]) + 0.05 + 0.0) / 2
+    assert term == pytest.approx(expected, abs=1e-3)
+    assert added == pytest.approx(term, rel=1e-9)
+
+
+def test_hac_retain_entailment_keeps_retain_images_in_their_cones():
+    model = TableModel("lorentz")
+    term, added = hac_term(model, model, "lambda_ent", "retain_entailment")
+    # retain image 0 is inside its cone; images 1 and 2 lie at an exterior angle pi from theirs
+    expected = (0.0 + (math.pi - aperture(TEXTS[1])) + (math.pi - aperture(TEXTS[2]))) / 3
+    assert term == pytest.approx(expected, abs=1e-3)
+    assert added == pytest.approx(term, rel=1e-9)
+
+
+def test_hac_norm_term_anchors_retain_depths_to_a_perturbed_original():
+    model = TableModel("lorentz")
+    term, added = hac_term(model, perturbed("lorentz"), "lambda_norm", "norm")
+    rows = torch.cat([IMAGES[:3], TEXTS[:3]])
+    expected = ((rows.norm(dim=-1) - perturb(rows).norm(dim=-1)) ** 2).mean().item()  # d0(exp_map0(v)) = |v|
+    assert expected > 0.01
+    assert term == pytest.approx(expected, rel=1e-6)
+    assert added == pytest.approx(term, rel=1e-9)
+
+
+def test_hac_norm_term_is_blind_to_forget_depths():
+    model, original = TableModel("lorentz"), perturbed("lorentz")
+    before = hac_term(model, original, "lambda_norm", "norm")[0]
+    with torch.no_grad():
+        model.images[3:] *= 3.0
+    assert hac_term(model, original, "lambda_norm", "norm")[0] == pytest.approx(before, rel=1e-9)
+
+
+def test_hac_generic_term_pulls_forget_images_toward_the_root():
+    model = TableModel("lorentz")
+    term, added = hac_term(model, model, "lambda_gen", "forget_depth")
+    assert term == pytest.approx(IMAGES[3:].norm(dim=-1).mean().item(), rel=1e-6)
+    assert added == pytest.approx(term, rel=1e-9)
+
+
+# ---- MultiDelete ----
+
+@pytest.mark.parametrize("pool", ["retain", "forget"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_multidelete_terms_against_a_perturbed_original(geometry, pool):
+    model, original = TableModel(geometry), perturbed(geometry)
+    weights = dict(lambda_md=0.5, lambda_mkr=2.0, lambda_ukr=3.0)
+    with torch.no_grad():
+        out = build("multidelete", model, original, partner_pool=pool, **weights).loss(model, RETAIN, FORGET, 0)
+    v_f, t_f = encoded(model, FORGET)
+    v0_f, t0_f = encoded(original, FORGET)
+    target = paired(model, v0_f, partners(original, pool, t0_f))  # s_f0(v_i, t_pi(i))
+    decoupling = ((paired(model, v_f, t_f) - target) ** 2).mean().item()
+    retain_similarity, original_similarity = (similarity(model, *encoded(m, RETAIN)) for m in (model, original))
+    multimodal = ((retain_similarity - original_similarity) ** 2).mean().item()
+    rows = torch.cat([IMAGES[:3], TEXTS[:3]])
+    unimodal = ((tangent(model, rows) - tangent(model, perturb(rows))) ** 2).sum(-1).mean().item()
+    assert min(decoupling, multimodal, unimodal) > 1e-3
+    assert out.logs["decoupling"] == pytest.approx(decoupling, rel=1e-6)
+    assert out.logs["multimodal"] == pytest.approx(multimodal, rel=1e-6)
+    assert out.logs["unimodal"] == pytest.approx(unimodal, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.5 * decoupling + 2.0 * multimodal + 3.0 * unimodal, rel=1e-6)
