@@ -276,6 +276,17 @@ def test_exterior_angle_special_configurations():
     assert (lorentz.exterior_angle(x, behind, c) > math.pi - 1e-3).all()
 
 
+def test_exterior_angle_saturates_at_the_clamps():
+    # On the cone axis far from the origin, acos's argument is +-(1 - EPS / (|x| sinh d)) with
+    # |x| sinh d ~ 36 here: the +-(1 - EPS) clamps bite, so the angles are exactly acos(+-(1 - EPS)).
+    c = 1.0
+    direction = random_vectors(4, 3, 1.0, seed=41)
+    x = lorentz.exp_map0(3 * direction, c)
+    ahead, behind = lorentz.exp_map0(5 * direction, c), lorentz.exp_map0(direction, c)
+    edge = torch.full((4,), math.acos(1 - lorentz.EPS), dtype=F64)
+    torch.testing.assert_close(lorentz.exterior_angle(x, ahead, c), edge, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lorentz.exterior_angle(x, behind, c), math.pi - edge, rtol=0, atol=1e-12)
+
 # --------------------------------------------------------------------------- gradients
 
 
@@ -433,6 +444,23 @@ def test_property_distance_symmetry(batches, c):
     k = min(len(x), len(y))
     torch.testing.assert_close(lorentz.paired_dist(x[:k], y[:k], c), lorentz.paired_dist(y[:k], x[:k], c))
 
+
+_ANY_LEADING_SHAPE = [  # documented ``(..., D) -> (...)`` or ``(..., D) -> (..., D)``
+    ("time_component", lambda x: lorentz.time_component(x, 2.0)),
+    ("exp_map0", lambda x: lorentz.exp_map0(x, 2.0)),
+    ("log_map0", lambda x: lorentz.log_map0(x, 2.0)),
+    ("dist_to_origin", lambda x: lorentz.dist_to_origin(x, 2.0)),
+    ("half_aperture", lambda x: lorentz.half_aperture(x, 2.0)),
+    ("normalize", euclidean.normalize),
+]
+
+
+@pytest.mark.parametrize("name,fn", _ANY_LEADING_SHAPE, ids=[n for n, _ in _ANY_LEADING_SHAPE])
+def test_leading_dimensions_are_batch_dimensions(name, fn):
+    x = random_vectors(6, 4, log_norms(6, 0.1, 3.0, seed=42), seed=42)
+    flat = fn(x)
+    torch.testing.assert_close(fn(x.reshape(2, 3, 4)), flat.reshape(2, 3, *flat.shape[1:]), rtol=0, atol=0)
+    torch.testing.assert_close(fn(x[0]), flat[0], rtol=0, atol=0)
 
 # --------------------------------------------------------------------------- Euclidean
 
