@@ -1,11 +1,21 @@
-"""Shared test set-up: offline, and a fixed thread count so timings and reductions are stable."""
+"""Shared test set-up: offline, and a fixed thread count so timings and reductions are stable.
+
+The count comes from the environment variable ``VLUNLEARN_TEST_THREADS`` (default 2). It is set
+when pytest imports this file, before any test runs: with ``torch.set_num_threads`` here and as
+``OMP_NUM_THREADS`` for the ``vlunlearn`` processes tests start, whose results some tests compare
+bit for bit with this process's."""
 
 import os
 
+TEST_THREADS = int(os.environ.get("VLUNLEARN_TEST_THREADS", "2"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,13 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from vlunlearn import cli
 from vlunlearn.cli import main
 from vlunlearn.data import Tokenizer, load_builtin
 from vlunlearn.evaluation import evaluate_zero_shot
@@ -57,7 +59,8 @@ def test_pretrain_writes_a_complete_results_file(meru_run):
     assert record["training"]["steps"] == 6 and record["training"]["resumed_from"] == 0
 
     zero_shot = record["metrics"]["zero_shot_test"]
-    assert 0.0 <= zero_shot["micro"] <= 100.0 and zero_shot["count"] == 360
+    assert zero_shot["count"] == 360  # micro is a percentage of the 360 test images, not a fraction
+    assert zero_shot["micro"] * 3.6 == pytest.approx(round(zero_shot["micro"] * 3.6), abs=1e-6)
     distances = record["metrics"]["distance_to_origin"]
     assert set(distances) == {"generic", "family", "class", "images"}
     assert all(math.isfinite(v) and v > 0 for v in distances.values())
@@ -107,6 +110,8 @@ def test_python_dash_m_vlunlearn_help():
     assert done.returncode == 0, done.stderr
     assert "pretrain" in done.stdout and "demo" in done.stdout
     assert done.stdout.startswith("usage: vlunlearn")
+    codes = done.stdout[done.stdout.index("exit codes:"):].split("\n")[1:]
+    assert [line.split()[0] for line in codes if line.strip()] == ["0", "2", "3", "130"]
 
 
 @pytest.mark.parametrize("extra", [["--steps", "0"], ["--model", "no-such-model"]])
@@ -157,6 +162,7 @@ def test_unlearn_epochs_budget(meru_run, tmp_path):
         (["--forget", "dragon"], "dragon"),
         (["--forget", "seven", "--set", "bogus=1"], "unknown setting"),
         (["--forget", "seven", "--set", "steps=lots"], "not a valid int"),
+        (["--forget", "seven", "--set", "partner_pool=anywhere"], "partner_pool must be one of"),
         (["--forget", "seven", "--method", "forgetful"], "unknown unlearning method"),
         (["--forget", "seven", "--set", "noequals"], "key=value"),
         ([], "neither"),
@@ -171,12 +177,13 @@ def test_unlearn_bad_input_is_a_clean_error_and_writes_nothing(meru_run, tmp_pat
     assert not out.exists()
 
 
-def test_hac_on_a_euclidean_checkpoint_is_a_clear_error(tmp_path, capsys):
+def test_hac_on_a_euclidean_checkpoint_is_a_clear_error(tmp_path, temporary_dir, capsys):
     clip = tmp_path / "clip"
     assert main(["pretrain", "--data", "digits", "--steps", "2", "--quiet", "--out", str(clip)]) == 0
     code = main(["unlearn", "--checkpoint", str(clip / "model"), "--data", "digits", "--forget", "seven",
                  "--method", "hac", *SMALL_BUDGET, "--out", str(tmp_path / "x")])
     assert code == 2 and "hyperbolic" in capsys.readouterr().err
+    assert list(temporary_dir.iterdir()) == []  # a user error saves no traceback
 
 
 def test_evaluate_and_report_write_complete_run_folders(meru_run, tmp_path, capsys):
@@ -211,7 +218,9 @@ def test_evaluate_and_report_write_complete_run_folders(meru_run, tmp_path, caps
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == ["alignment_lorentz_seven.png", "d0_lorentz_seven.png", "disk_lorentz_seven.png", "scatter.png"]
     report = (out / "report.md").read_text()
-    assert "| original |" in report and "retrain" in report and "No retrained oracle" not in report
+    assert "| original |" in report and "| retrain |" in report and "No retrained oracle" not in report
+    retrain_row = next(line for line in report.splitlines() if line.startswith("| retrain |"))
+    assert retrain_row.endswith("| 0.000 |")  # the oracle's gap to itself; "n/a" without an oracle
     assert _snapshot(meru_run[0]) == before  # no input was touched
 
     # report: merge the evaluation with an unlearn run; the evaluation's fuller records win
@@ -244,3 +253,61 @@ def test_evaluate_without_a_request_or_an_oracle(meru_run, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
                  "--quiet", "--out", str(out)]) == 0
     assert "No retrained oracle" in (out / "report.md").read_text()
+
+
+@pytest.fixture
+def temporary_dir(tmp_path, monkeypatch) -> Path:
+    """An empty folder that ``tempfile`` uses, so that tracebacks saved there can be found."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_a_user_error_exits_2_without_a_traceback_file(meru_run, tmp_path, temporary_dir, capsys):
+    out = tmp_path / "never"
+    code = main(["unlearn", "--checkpoint", str(meru_run[0] / "model"), "--data", "digits", "--forget", "seven",
+                 "--method", "forgetful", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vlunlearn: error: unknown unlearning method 'forgetful'")
+    assert "bug" not in err and "Traceback" not in err
+    assert not out.exists() and list(temporary_dir.iterdir()) == []
+
+
+def _failing(error: Exception, make_folder: bool):
+    def command(args) -> int:
+        if make_folder:
+            Path(args.out).mkdir(exist_ok=True)
+        raise error
+
+    return command
+
+
+def test_a_bug_exits_3_and_saves_the_traceback_in_the_run_folder(tmp_path, temporary_dir, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_report_command", _failing(ZeroDivisionError("division by zero"), make_folder=True))
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("vlunlearn: internal error (this is a bug, please report it): "
+                          "ZeroDivisionError: division by zero")
+    assert str(out / "error.txt") in err and "Traceback" not in err
+    first = (out / "error.txt").read_text()
+    assert first.startswith("Traceback") and first.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "in command" in first  # the frame that raised
+    # a second failure into the same folder never overwrites the first traceback
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 3
+    assert str(out / "error-1.txt") in capsys.readouterr().err
+    assert (out / "error.txt").read_text() == first and (out / "error-1.txt").exists()
+    assert list(temporary_dir.iterdir()) == []
+
+
+def test_a_plain_value_error_is_a_bug_saved_to_a_temporary_file(tmp_path, temporary_dir, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_report_command", _failing(ValueError("shapes do not match"), make_folder=False))
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "this is a bug" in err and "ValueError: shapes do not match" in err and "vlunlearn: error:" not in err
+    assert not out.exists()
+    [saved] = temporary_dir.iterdir()
+    assert saved.name.startswith("vlunlearn-error-") and saved.suffix == ".txt" and str(saved) in err
+    assert saved.read_text().rstrip().endswith("ValueError: shapes do not match")

@@ -188,7 +188,14 @@ def test_diagnostics_run_on_an_untrained_tiny_meru():
     data = random_clothing_pairs(("bag", "coat", "bag", "shirt"), labels=[0, 1, 0, -1], class_names=("bag", "coat", "shirt"))
     tokenizer = Tokenizer()
     rate = entailment_rate(model, data, tokenizer)
-    assert 0.0 <= rate <= 1.0
+    with torch.no_grad():  # pair by pair: is each image in the cone of its own canonical caption?
+        c = model.curvature()
+        inside = [
+            bool(lorentz.exterior_angle(text, image, c) <= lorentz.half_aperture(text, c))
+            for image, text in zip(model.encode_image(data.image_batch(range(4))),
+                                   model.encode_text(tokenizer(data.canonical_captions(), model.config.context_length)))
+        ]
+    assert rate == pytest.approx(sum(inside) / 4)
     by_concept = distance_to_origin_by_concept(model, data, tokenizer)
     assert list(by_concept) == ["bag", "coat"] and all(v > 0 for v in by_concept.values())
     path = image_traversal(model, data.image_batch([0])[0], {"bag": ["a photo of a bag."], "top": "a top."},

@@ -7,6 +7,7 @@ import torch
 
 from vlunlearn import unlearn
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.errors import ConfigError
 from vlunlearn.geometry import lorentz
 from vlunlearn.methods import MethodContext, available_methods, get_method, make_config
 from vlunlearn.methods.ac import ACConfig, AlignmentCalibration
@@ -30,7 +31,7 @@ def tokenizer():
 
 def test_registry_lists_every_method_and_rejects_unknown_names():
     assert available_methods() == ALL_METHODS
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ConfigError, match="choose one of"):
         get_method("forgetful")
 
 
@@ -38,11 +39,11 @@ def test_make_config_parses_strings_and_rejects_bad_settings():
     config = make_config(HACConfig, {"alpha": "2", "steps": "7", "partner_pool": "forget", "learn_curvature": "true"})
     assert (config.alpha, config.steps, config.partner_pool, config.learn_curvature) == (2.0, 7, "forget", True)
     assert make_config(ACConfig, {"beta": 3}).beta == 3.0  # an int is a valid float
-    with pytest.raises(ValueError, match="unknown setting.*lambda_ec"):
+    with pytest.raises(ConfigError, match="unknown setting.*lambda_ec"):
         make_config(ACConfig, {"lambda_ec": 1.0})
-    with pytest.raises(ValueError, match="steps='many' is not a valid int"):
+    with pytest.raises(ConfigError, match="steps='many' is not a valid int"):
         make_config(ACConfig, {"steps": "many"})
-    with pytest.raises(ValueError, match="partner_pool"):
+    with pytest.raises(ConfigError, match="partner_pool"):
         make_config(ACConfig, {"partner_pool": "anywhere"})
 
 
@@ -143,12 +144,36 @@ def test_epochs_budget_and_sample_requests(tokenizer):
     assert record.request["sample_ids"] == list(ids) or tuple(record.request["sample_ids"]) == ids
 
 
-def test_early_stop_ends_the_run_when_the_target_is_reached(digits_splits, tokenizer):
+def _scripted_forget_accuracy(monkeypatch, accuracies: list[float]) -> list[int]:
+    """Make the early-stop checks read ``accuracies`` (percent) in turn; returns the list of the
+    slice sizes each check was computed on, filled as the checks run."""
+    from vlunlearn import unlearning
+
+    script, checked = iter(accuracies), []
+
+    def accuracy(predictions, labels):
+        checked.append(len(labels))
+        return {"micro": next(script)}
+
+    monkeypatch.setattr(unlearning, "zero_shot_accuracy", accuracy)
+    return checked
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "target", "steps", "checks"),
+    [
+        ([40.0, 25.0, 10.0], 25.0, 8, 2),  # met at the second check (step 8): stop there
+        ([40.0, 25.0, 10.0], 5.0, 12, 3),  # never met: every step runs, checked at 4, 8 and 12
+    ],
+)
+def test_early_stop_ends_the_run_at_the_check_that_meets_the_target(
+    digits_splits, tokenizer, monkeypatch, accuracies, target, steps, checks
+):
     from vlunlearn import EarlyStop
 
+    checked = _scripted_forget_accuracy(monkeypatch, accuracies)
     model = build_model("tiny", "euclidean")
-    budget = dict(tokenizer=tokenizer, progress=False, steps=12, retain_batch_size=16, forget_batch_size=8)
-    _, stopped = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=100.0, every=4), **budget)
-    assert (stopped.steps, stopped.stopped_early) == (4, True)  # any accuracy is <= 100%: stop at the first check
-    _, full = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=-1.0, every=4), **budget)
-    assert (full.steps, full.stopped_early) == (12, False)  # unreachable target: the whole budget runs
+    _, record = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=target, every=4, slice_size=16),
+                        tokenizer=tokenizer, progress=False, steps=12, retain_batch_size=16, forget_batch_size=8)
+    assert (record.steps, record.stopped_early) == (steps, steps < 12)
+    assert checked == [16] * checks  # one check every 4 steps, each on the 16-image D_f slice

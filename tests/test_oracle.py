@@ -127,9 +127,12 @@ def test_consecutive_blocks_report_their_own_peak():
     with peak_memory() as second:
         block = _touched(20 * MB)
     block.close()
-    assert first.cpu_sampled and second.cpu_sampled
+    with peak_memory() as idle:
+        pass
+    assert first.cpu_sampled and second.cpu_sampled and idle.cpu_sampled
     assert first.cpu_bytes == pytest.approx(200 * MB, abs=16 * MB)
     assert second.cpu_bytes == pytest.approx(20 * MB, abs=8 * MB)  # not the first block's peak
+    assert idle.cpu_bytes < 4 * MB < second.cpu_bytes  # a block that allocates nothing reads (almost) nothing
     assert second.cpu_start_bytes < first.cpu_start_bytes + first.cpu_bytes  # the first block's memory was freed
     if second.cuda_bytes is None:
         assert second.peak_bytes == second.cpu_bytes
@@ -151,11 +154,16 @@ def test_peak_memory_stops_the_sampler_even_when_the_block_raises():
         with peak_memory() as peak:
             raise RuntimeError("boom")
     assert not _sampler_running()
-    assert isinstance(peak.cpu_bytes, int) and peak.cpu_bytes >= 0 and peak.cpu_start_bytes > 0
+    assert isinstance(peak.cpu_bytes, int) and 0 <= peak.cpu_bytes < 4 * MB and peak.cpu_start_bytes > 0
 
 
 def test_peak_memory_falls_back_to_the_rise_of_max_rss(monkeypatch):
     monkeypatch.setattr(oracle, "current_rss_bytes", lambda: None)
-    with peak_memory() as peak:
+    readings = iter([300 * MB, 340 * MB, 340 * MB, 340 * MB])  # ru_maxrss on entry and exit of two blocks
+    monkeypatch.setattr(oracle, "_max_rss_bytes", lambda: next(readings))
+    with peak_memory() as grew:
         assert not _sampler_running()
-    assert peak.cpu_sampled is False and peak.cpu_bytes >= 0 and peak.cpu_start_bytes > 0
+    with peak_memory() as below_the_old_peak:
+        pass
+    assert grew.cpu_sampled is False and (grew.cpu_start_bytes, grew.cpu_bytes) == (300 * MB, 40 * MB)
+    assert below_the_old_peak.cpu_bytes == 0  # the lifetime peak did not rise: a lower bound of 0

@@ -101,7 +101,10 @@ def test_tar_shards_are_read_by_key(tmp_path):
     expected = ImageFiles([ImageSource(str(tmp_path / "x.png"))], 16)
     (tmp_path / "x.png").write_bytes(_png(5))
     assert torch.equal(data.image_batch([5]), expected.decode().float() / 255)
-    data.subset([6]).image_batch([0])  # a member of the second shard
+    (tmp_path / "y.png").write_bytes(_png(6))
+    last = ImageFiles([ImageSource(str(tmp_path / "y.png"))], 16).decode().float() / 255
+    assert torch.equal(data.subset([6]).image_batch([0]), last)  # a member of the second shard
+    assert not torch.equal(last, data.image_batch([5]))
 
 
 def test_bad_shards_are_clear_errors(tmp_path):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from scipy.stats import ks_2samp
 
 from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
 from vlunlearn.evaluation.forget_quality import pair_scores
@@ -42,11 +43,17 @@ def test_suite_reports_every_metric(geometry):
     if geometry == "lorentz":
         assert len(artifacts["image_d0"]) == len(splits.forget) and len(artifacts["traversals"]) == 3
         assert all(t["path"][-1] == "[ROOT]" for t in artifacts["traversals"])
-    assert len(artifacts["forget_pair_scores"]) == len(splits.forget)
-    # the same model as its own oracle: identical D_f score distributions
-    itself, _ = evaluate_unlearning(model, splits, tokenizer, oracle_forget_scores=torch.tensor(
-        artifacts["forget_pair_scores"], dtype=torch.float64), retain_sample=100)
-    assert itself["ks_statistic"] == 0.0 and itself["ks_pvalue"] == 1.0
+    scores = torch.tensor(artifacts["forget_pair_scores"], dtype=torch.float64)
+    assert torch.allclose(scores, pair_scores(model, splits.forget, tokenizer), atol=1e-5)
+    # KS of this model's D_f scores against the other (random) model's, not against itself
+    expected = ks_2samp(scores.numpy(), oracle.numpy())
+    assert metrics["ks_statistic"] == pytest.approx(expected.statistic) and metrics["ks_statistic"] > 0
+    assert metrics["ks_pvalue"] == pytest.approx(expected.pvalue)
+    # an oracle whose every D_f score lies above this model's: completely separated distributions
+    above_all = scores + scores.max() - scores.min() + 1
+    above, _ = evaluate_unlearning(model, splits, tokenizer, oracle_forget_scores=above_all, retain_sample=100)
+    n = len(splits.forget)
+    assert above["ks_statistic"] == 1.0 and above["ks_pvalue"] == pytest.approx(2 / math.comb(2 * n, n))
     # a concept request: 32 forget pairs first, then 32 retain pairs to contrast with
     assert len(splits.forget) >= 32 and artifacts["alignment_forget_rows"] == 32
     assert len(artifacts["alignment_matrix"]) == 64 and len(artifacts["alignment_matrix"][0]) == 64

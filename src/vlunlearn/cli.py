@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from vlunlearn.errors import RunInterrupted, VlunlearnError
+
+EXIT_CODES = """exit codes:
+  0    success
+  2    bad input: an invalid option, setting, name, file or request (the message says what to fix)
+  3    internal error: a bug in vlunlearn; the message names the file with the full traceback
+  130  interrupted (Ctrl-C, SIGINT or SIGTERM); pretrain and unlearn continue with --resume"""
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
@@ -31,7 +41,7 @@ def _demo_command(args: argparse.Namespace) -> int:
     from vlunlearn.demo import demo_run
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = demo_run(args.data, out, seed=args.seed, progress=not args.quiet)
+    results = demo_run(args.data, out, forget=args.forget, seed=args.seed, progress=not args.quiet)
     _print_table(
         results,
         f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; AP f = detection AP of the forgotten "
@@ -181,14 +191,18 @@ def _compute_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vlunlearn.data.builtin import BUILTIN_DATASETS
 
-    parser = argparse.ArgumentParser(prog="vlunlearn", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vlunlearn", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="pretrain tiny CLIP and MERU, unlearn one and three concepts with every method, report"
+        "demo", help="pretrain tiny CLIP and MERU, retrain the oracles, unlearn a concept with every method, report"
     )
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--data", default="fashion-scenes", choices=BUILTIN_DATASETS)
+    demo.add_argument("--forget", nargs="+", metavar="CONCEPT",
+                      help="concept(s) to forget, one request (default: sneaker; seven on digits)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo_command)
@@ -270,14 +284,41 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as interruption:
         print(f"vlunlearn: interrupted: {interruption}", file=sys.stderr)
         return 130
-    except (VlunlearnError, ValueError) as error:
+    except VlunlearnError as error:
         print(f"vlunlearn: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vlunlearn: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
+    except Exception as error:
+        saved = _save_traceback(getattr(args, "out", None))
+        print(f"vlunlearn: internal error (this is a bug, please report it): {type(error).__name__}: {error}\n"
+              f"vlunlearn: the full traceback is saved in {saved}", file=sys.stderr)
+        return 3
     finally:
         distributed.shutdown()
+
+
+def _save_traceback(out: str | None) -> Path:
+    """Write the traceback of the exception being handled to a new file and return its path:
+    ``<out>/error.txt`` (``error-1.txt``, ... when taken; never overwritten) when the run folder
+    ``out`` exists, else a new ``vlunlearn-error-*.txt`` in the temporary directory."""
+    text = traceback.format_exc()
+    if out and Path(out).is_dir():
+        for index in itertools.count():
+            path = Path(out) / ("error.txt" if index == 0 else f"error-{index}.txt")
+            try:
+                with path.open("x", encoding="utf-8") as file:
+                    file.write(text)
+                return path
+            except FileExistsError:
+                continue
+            except OSError:  # an unwritable run folder: fall back to the temporary directory
+                break
+    handle, name = tempfile.mkstemp(prefix="vlunlearn-error-", suffix=".txt")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    return Path(name)
 
 
 if __name__ == "__main__":

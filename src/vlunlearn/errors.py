@@ -5,6 +5,10 @@ class VlunlearnError(Exception):
     """Base class of every error vlunlearn raises on bad input."""
 
 
+class ConfigError(VlunlearnError, ValueError):
+    """A setting, option or name given by the user is invalid."""
+
+
 class DataError(VlunlearnError, ValueError):
     """A dataset, image or annotation file is missing, unreadable or malformed."""
 

@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 
 from vlunlearn.data import ConceptHierarchy, PairDataset, Tokenizer
+from vlunlearn.errors import ConfigError, DataError
 from vlunlearn.evaluation.hierarchy import _require_hyperbolic, image_traversal
 from vlunlearn.evaluation.zero_shot import class_embeddings, encode_images, zero_shot_predictions
 
@@ -94,17 +95,17 @@ def _candidate_names(hierarchy: ConceptHierarchy, candidates: str | Sequence[str
     if candidates == "classes":
         return list(hierarchy.classes)
     if isinstance(candidates, str):
-        raise ValueError(f"candidates must be 'all', 'classes' or a list of concepts, not {candidates!r}")
+        raise ConfigError(f"candidates must be 'all', 'classes' or a list of concepts, not {candidates!r}")
     names = list(candidates)
     unknown = [name for name in names if name not in hierarchy.concepts]
     if not names or unknown:
-        raise ValueError(f"candidates must be concepts of {hierarchy.name!r}; unknown: {unknown or 'none given'}")
+        raise ConfigError(f"candidates must be concepts of {hierarchy.name!r}; unknown: {unknown or 'none given'}")
     return names
 
 
 def _require_hierarchy(data: PairDataset) -> ConceptHierarchy:
     if data.hierarchy is None:
-        raise ValueError(f"dataset {data.name!r} has no concept hierarchy")
+        raise DataError(f"dataset {data.name!r} has no concept hierarchy")
     return data.hierarchy
 
 

@@ -23,6 +23,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer, UnlearningSplits
+from vlunlearn.errors import ConfigError
 
 
 @torch.no_grad()
@@ -133,7 +134,7 @@ def class_prompts(data: PairDataset, templates: Sequence[str] | None = None) -> 
     if templates is not None:
         bad = [t for t in templates if t.count("{}") != 1]
         if not templates or bad:
-            raise ValueError(f"prompt templates need exactly one '{{}}' for the class name; got {list(bad or templates)}")
+            raise ConfigError(f"prompt templates need exactly one '{{}}' for the class name; got {list(bad or templates)}")
         return [[template.format(name) for template in templates] for name in data.class_names]
     if data.hierarchy is not None:
         return [data.hierarchy.class_prompts(name) for name in data.class_names]

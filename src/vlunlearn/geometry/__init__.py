@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from vlunlearn.errors import ConfigError
 from vlunlearn.geometry import euclidean, lorentz
 
 __all__ = ["Geometry", "EUCLIDEAN", "LORENTZ", "get_geometry", "euclidean", "lorentz"]
@@ -97,4 +98,4 @@ def get_geometry(name: str) -> Geometry:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise ValueError(f"unknown geometry {name!r}; choose one of {sorted(_BY_NAME)}") from None
+        raise ConfigError(f"unknown geometry {name!r}; choose one of {sorted(_BY_NAME)}") from None

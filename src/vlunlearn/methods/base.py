@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from vlunlearn.errors import ConfigError
 from vlunlearn.training.batches import PairBatch, PairSampler, TokenCache, step_generator
 from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
@@ -112,7 +113,7 @@ def get_method(name: str) -> type[UnlearningMethod]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown unlearning method {name!r}; choose one of {available_methods()}") from None
+        raise ConfigError(f"unknown unlearning method {name!r}; choose one of {available_methods()}") from None
 
 
 def available_methods() -> list[str]:
@@ -128,8 +129,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 
 def make_config(config_class: type[MethodConfig], overrides: dict[str, Any]) -> MethodConfig:
-    """``config_class`` with ``overrides`` applied (see :func:`make_config_values`)."""
-    return config_class(**make_config_values(config_class, overrides))
+    """``config_class`` with ``overrides`` applied (see :func:`make_config_values`); a value that
+    the config's own checks reject is a :class:`~vlunlearn.errors.ConfigError` too."""
+    values = make_config_values(config_class, overrides)
+    try:
+        return config_class(**values)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def make_config_values(config_class: type, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def make_config_values(config_class: type, overrides: dict[str, Any]) -> dict[st
     types = {f.name: str(f.type) for f in fields(config_class)}
     unknown = sorted(set(overrides) - set(types))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for {config_class.__name__}; valid settings: {sorted(types)}")
+        raise ConfigError(f"unknown setting(s) {unknown} for {config_class.__name__}; valid settings: {sorted(types)}")
     values = {}
     for key, value in overrides.items():
         kind = types[key]
@@ -151,7 +157,7 @@ def make_config_values(config_class: type, overrides: dict[str, Any]) -> dict[st
             if type(value).__name__ != kind:
                 raise TypeError
         except (KeyError, ValueError, TypeError):
-            raise ValueError(f"setting {key}={value!r} is not a valid {kind}") from None
+            raise ConfigError(f"setting {key}={value!r} is not a valid {kind}") from None
         values[key] = value
     return values
 

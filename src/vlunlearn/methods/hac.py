@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlunlearn.errors import ConfigError
 from vlunlearn.geometry import lorentz
 from vlunlearn.methods.ac import ACConfig, AlignmentCalibration
 from vlunlearn.methods.base import encode_original, register
@@ -55,7 +56,7 @@ class HyperbolicAlignmentCalibration(AlignmentCalibration):
 
     def check_model(self, model) -> None:
         if not model.geometry.hyperbolic:
-            raise ValueError(
+            raise ConfigError(
                 "hac needs a hyperbolic (Lorentz) model: entailment calibration and norm "
                 "regularisation have no meaning for this Euclidean model; use method 'ac'"
             )

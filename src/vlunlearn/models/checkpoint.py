@@ -35,7 +35,7 @@ from torch import Tensor
 
 from vlunlearn.errors import CheckpointError
 from vlunlearn.io import atomic_path, fsync_path, temporary_sibling
-from vlunlearn.models.configs import MODEL_NAMES, ModelConfig, model_config
+from vlunlearn.models.configs import MODEL_NAMES, TINY_NAMES, ModelConfig, model_config
 from vlunlearn.models.contrastive import ContrastiveModel
 
 __all__ = [
@@ -202,7 +202,7 @@ def infer_config(state: Mapping[str, Any]) -> ModelConfig:
     )
     name = "custom"
     for candidate in MODEL_NAMES:
-        cfg = model_config(candidate, geometry if candidate == "tiny" else None)
+        cfg = model_config(candidate, geometry if candidate in TINY_NAMES else None)
         if all(getattr(cfg, k) == v for k, v in fields.items()):
             name = cfg.name
             break

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.errors import DataError
 
 
 @dataclass
@@ -71,7 +72,7 @@ class PairSampler:
         caption_weights: Sequence[float] | None = None,
     ) -> None:
         if len(dataset) == 0:
-            raise ValueError(f"cannot sample batches from the empty dataset {dataset.name!r}")
+            raise DataError(f"cannot sample batches from the empty dataset {dataset.name!r}")
         self.dataset = dataset
         self.tokens = tokens
         self.batch_size = min(batch_size, len(dataset))

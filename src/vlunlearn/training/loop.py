@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vlunlearn.errors import CheckpointError, RunInterrupted, TrainingError
+from vlunlearn.errors import CheckpointError, ConfigError, RunInterrupted, TrainingError
 from vlunlearn.io import atomic_path
 from vlunlearn.training import distributed
 
@@ -91,11 +91,11 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at ``step`` (0-based)."""
