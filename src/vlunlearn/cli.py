@@ -41,7 +41,7 @@ def _demo_command(args: argparse.Namespace) -> int:
     from vlunlearn.demo import demo_run
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = demo_run(args.data, out, forget=args.forget, seed=args.seed, progress=not args.quiet)
+    results = demo_run(args.data, out, forget=args.forget, seed=args.seed, progress=not args.quiet, workers=args.workers)
     _print_table(
         results,
         f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; AP f = detection AP of the forgotten "
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--forget", nargs="+", metavar="CONCEPT",
                       help="concept(s) to forget, one request (default: sneaker; seven on digits)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, choices=(1, 2), help="processes: 2 runs CLIP and MERU side by side "
+                      "(default where there are two cores or more)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo_command)
 

@@ -5,11 +5,16 @@ write the report."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 
-from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, UnlearningSplits, load_builtin, make_splits
+from vlunlearn.errors import ConfigError
 from vlunlearn.evaluation.oracle import peak_memory
 from vlunlearn.models import load_any, save_model
 from vlunlearn.provenance import environment
@@ -44,6 +49,7 @@ def demo_run(
     seed: int = 0,
     cache: Path | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Pretrain (or reuse) the originals, retrain the oracle without the concepts ``forget``
     (default ``DEMO_FORGET[data_name]``) and run every method; evaluate every model and write
@@ -52,45 +58,93 @@ def demo_run(
     ``seed`` seeds pretraining, every method and the evaluation samples; the data is the same
     for every seed, so demo runs with several seeds merge with ``vlunlearn report``.
     Pretrained originals are cached under ``cache`` (default :func:`default_cache`) keyed by
-    data, model, geometry, recipe and seed.
+    data, model, geometry, recipe and seed. ``workers=2`` (the default with two cores or more)
+    runs CLIP and MERU side by side in two processes, each on half the threads, with one line
+    of progress per finished stage instead of bars; the numbers then differ from a one-process
+    run only in floating-point rounding.
     """
-    from vlunlearn.methods import available_methods
     from vlunlearn.report import write_report
 
-    tokenizer = Tokenizer()
+    workers = workers or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    if workers not in (1, 2):
+        raise ConfigError(f"workers must be 1 or 2 (one process per geometry), not {workers}")
     train_data, test_data = load_builtin(data_name, "train"), load_builtin(data_name, "test")
     splits = make_splits(train_data, test_data, UnlearningRequest(concepts=tuple(forget or DEMO_FORGET[data_name])))
     out = create_run_folder(out)
-    cache = cache or default_cache()
-    records = []
-    for geometry in ("euclidean", "lorentz"):
-        recipe = PretrainConfig(geometry=geometry, seed=seed, **DEMO_RECIPES[data_name])
-        original, pretrain_seconds = _cached_original(recipe, data_name, train_data, cache, tokenizer, progress)
-        methods = [m for m in available_methods() if geometry == "lorentz" or m != "hac"]
-        runs = [("original", _given(original), {"seconds": pretrain_seconds, "steps": recipe.steps})]
-        for method in ("retrain", *methods):
-            steps = {} if METHOD_STEPS is None or method == "retrain" else {"steps": METHOD_STEPS}
-            with peak_memory() as peak:
-                model, run = unlearn(
-                    original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=progress, seed=seed, **steps
-                )
-            cost = {"seconds": run.seconds, "steps": run.steps, "peak_memory_bytes": peak.peak_bytes}
-            runs.append((method, _given(model), cost))
-        records += add_ratio_to_retrain(evaluate_group(runs, splits, train_data, test_data, tokenizer, seed=seed))
+    jobs = [
+        GeometryJob(geometry, data_name, train_data, test_data, splits, DEMO_RECIPES[data_name], METHOD_STEPS, seed,
+                    cache or default_cache(), progress, parallel=workers > 1)
+        for geometry in ("euclidean", "lorentz")
+    ]
+    if workers == 1:
+        groups = [job.records() for job in jobs]
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            groups = list(pool.map(GeometryJob.records, jobs))
     results = {
         "kind": "demo",
         "config": {
             "data": data_name,
             "forget": list(splits.request.concepts),
             "seed": seed,
+            "workers": workers,
             **{f"pretrain_{k}": v for k, v in DEMO_RECIPES[data_name].items()},
         },
         "data": {"name": data_name, "train_hash": train_data.content_hash()},
         "environment": environment(),
-        "records": records,
+        "records": [record for group in groups for record in group],
     }
     write_report(results, out)
     return results
+
+
+@dataclass
+class GeometryJob:
+    """The demo's work for one geometry, self-contained so that it can run in another process."""
+
+    geometry: str
+    data_name: str
+    train_data: PairDataset
+    test_data: PairDataset
+    splits: UnlearningSplits
+    recipe: dict
+    method_steps: int | None
+    seed: int
+    cache: Path
+    progress: bool
+    parallel: bool
+
+    def records(self) -> list[dict]:
+        """Original (cached), oracle and every method, evaluated together."""
+        from vlunlearn.methods import available_methods
+
+        tokenizer = Tokenizer()
+        bars = self.progress and not self.parallel
+        recipe = PretrainConfig(geometry=self.geometry, seed=self.seed, **self.recipe)
+        original, pretrain_seconds = _cached_original(recipe, self.data_name, self.train_data, self.cache, tokenizer, bars)
+        self.say(f"original ready ({pretrain_seconds:.0f} s of pretraining)")
+        runs = [("original", _given(original), {"seconds": pretrain_seconds, "steps": recipe.steps})]
+        methods = [m for m in available_methods() if self.geometry == "lorentz" or m != "hac"]
+        for method in ("retrain", *methods):
+            steps = {} if self.method_steps is None or method == "retrain" else {"steps": self.method_steps}
+            with peak_memory() as peak:
+                model, run = unlearn(
+                    original, self.splits, method, recipe=recipe, tokenizer=tokenizer, progress=bars, seed=self.seed,
+                    **steps,
+                )
+            runs.append((method, _given(model), {"seconds": run.seconds, "steps": run.steps,
+                                                 "peak_memory_bytes": peak.peak_bytes}))
+            self.say(f"{method} done in {run.seconds:.0f} s")
+        records = evaluate_group(runs, self.splits, self.train_data, self.test_data, tokenizer, seed=self.seed)
+        self.say(f"{len(records)} models evaluated")
+        return add_ratio_to_retrain(records)
+
+    def say(self, message: str) -> None:
+        """One progress line per stage when bars would interleave between processes."""
+        if self.progress and self.parallel:
+            print(f"[{self.geometry}] {message}", flush=True)
 
 
 def _given(model):
