@@ -30,3 +30,13 @@ def fashion_pretrained():
     for geometry in ("euclidean", "lorentz"):
         models[geometry], _ = pretrain(PretrainConfig(geometry=geometry, steps=234), train, tokenizer=Tokenizer(), progress=False)
     return models
+
+
+@pytest.fixture(scope="session")
+def meru_vit_s():
+    """A random MERU ViT-S (85M parameters, seed 0) in eval mode, built once for the tests of the
+    model layout and of checkpoints; a test that changes it puts it back."""
+    from vlunlearn.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("meru-vit-s").eval()

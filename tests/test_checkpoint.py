@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterator
 
 import pytest
 import torch
@@ -48,15 +49,21 @@ def assert_same_outputs(a: ContrastiveModel, b: ContrastiveModel, images, tokens
 
 
 @pytest.fixture(scope="module")
-def big_models() -> dict[str, ContrastiveModel]:
+def big_models(meru_vit_s) -> Iterator[dict[str, ContrastiveModel]]:
+    """The session's MERU ViT-S and a CLIP ViT-S, with scalars that are not the defaults, so that
+    loading them is really checked; the MERU model's scalars are put back afterwards."""
     torch.manual_seed(0)
-    models = {name: build_model(name).eval() for name in ("meru-vit-s", "clip-vit-s")}
-    with torch.no_grad():  # not the defaults, so that loading them is really checked
-        models["meru-vit-s"].curv.fill_(-2.2)
-        models["meru-vit-s"].visual_alpha.fill_(-2.0)
-        models["meru-vit-s"].textual_alpha.fill_(-2.5)
+    models = {"meru-vit-s": meru_vit_s, "clip-vit-s": build_model("clip-vit-s").eval()}
+    values = {"curv": -2.2, "visual_alpha": -2.0, "textual_alpha": -2.5}
+    defaults = {name: getattr(meru_vit_s, name).detach().clone() for name in values}
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(meru_vit_s, name).fill_(value)
         models["clip-vit-s"].logit_scale.fill_(4.6)
-    return models
+    yield models
+    with torch.no_grad():
+        for name, default in defaults.items():
+            getattr(meru_vit_s, name).copy_(default)
 
 
 @pytest.fixture(scope="module")

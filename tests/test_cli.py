@@ -19,7 +19,7 @@ from vlunlearn import cli
 from vlunlearn.cli import main
 from vlunlearn.data import Tokenizer, load_builtin
 from vlunlearn.evaluation import evaluate_zero_shot
-from vlunlearn.models import load_model
+from vlunlearn.models import build_model, load_model, save_model
 from vlunlearn.training.pretrain import PretrainConfig
 
 
@@ -149,11 +149,11 @@ def test_unlearn_writes_a_new_model_and_never_touches_the_input(meru_run, tmp_pa
 def test_unlearn_epochs_budget(meru_run, tmp_path):
     out = tmp_path / "epochs"
     code = main(["unlearn", "--checkpoint", str(meru_run[0] / "model"), "--data", "digits", "--forget", "seven",
-                 "--method", "ac", "--epochs", "1", "--set", "forget_batch_size=8", "--set", "retain_batch_size=16",
+                 "--method", "ac", "--epochs", "0.5", "--set", "forget_batch_size=20", "--set", "retain_batch_size=16",
                  "--quiet", "--out", str(out)])
     assert code == 0
     record = json.loads((out / "results.json").read_text())
-    assert record["run"]["steps"] == math.ceil(record["split_sizes"]["forget"] / 8)
+    assert record["run"]["steps"] == math.ceil(0.5 * record["split_sizes"]["forget"] / 20) == 4
 
 
 @pytest.mark.parametrize(
@@ -179,8 +179,8 @@ def test_unlearn_bad_input_is_a_clean_error_and_writes_nothing(meru_run, tmp_pat
 
 def test_hac_on_a_euclidean_checkpoint_is_a_clear_error(tmp_path, temporary_dir, capsys):
     clip = tmp_path / "clip"
-    assert main(["pretrain", "--data", "digits", "--steps", "2", "--quiet", "--out", str(clip)]) == 0
-    code = main(["unlearn", "--checkpoint", str(clip / "model"), "--data", "digits", "--forget", "seven",
+    save_model(build_model("tiny", "euclidean"), clip)
+    code = main(["unlearn", "--checkpoint", str(clip), "--data", "digits", "--forget", "seven",
                  "--method", "hac", *SMALL_BUDGET, "--out", str(tmp_path / "x")])
     assert code == 2 and "hyperbolic" in capsys.readouterr().err
     assert list(temporary_dir.iterdir()) == []  # a user error saves no traceback
@@ -190,9 +190,10 @@ def test_evaluate_and_report_write_complete_run_folders(meru_run, tmp_path, caps
     checkpoint = meru_run[0] / "model"
     before = _snapshot(meru_run[0])
     runs = {}
-    for method in ("hac", "retrain"):
+    # the oracle takes the recipe recorded in the checkpoint, with a shorter budget
+    retrain_budget = ["--set", "steps=2", "--set", "batch_size=64", "--quiet"]
+    for method, budget in (("hac", SMALL_BUDGET), ("retrain", retrain_budget)):
         runs[method] = tmp_path / method
-        budget = SMALL_BUDGET if method == "hac" else ["--quiet"]
         code = main(["unlearn", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
                      "--method", method, *budget, "--out", str(runs[method])])
         assert code == 0, capsys.readouterr().err

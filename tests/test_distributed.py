@@ -32,26 +32,56 @@ def test_shards_are_contiguous_and_cover_the_batch(n, world, sizes):
     assert _shard_sizes(n, world) == sizes and sum(sizes) == n
 
 
-@pytest.mark.parametrize(("geometry", "method"), [("lorentz", "ac"), ("euclidean", "multidelete")])
-def test_two_gloo_processes_match_one_process(geometry, method, tmp_path):
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "model"
-    save_model(build_model("tiny", geometry), checkpoint)
-    # odd global batch sizes (17 and 9) also exercise uneven shards
-    arguments = ["unlearn", "--checkpoint", str(checkpoint), "--data", "digits", "--forget", "seven",
-                 "--method", method, *BUDGET]
-    assert main([*arguments, "--out", str(tmp_path / "single")]) == 0
+RUNS = {"ac": "lorentz", "multidelete": "euclidean"}  # method -> geometry of its checkpoint
+# Both methods in one ``torchrun`` launch (one start-up instead of two): each rank calls ``main``
+# once per method, in one process group that the first call joins and that is left at the end
+# (a group left and joined again in one process breaks the all-gather's backward, which keeps
+# the first group as its default).
+LAUNCHED = """
+import json, sys
+from vlunlearn.cli import main
+from vlunlearn.training import distributed
+leave, distributed.shutdown = distributed.shutdown, lambda: None
+codes = [main(arguments) for arguments in json.loads(sys.argv[1])]
+leave()
+sys.exit(max(codes))
+"""
 
+
+def _arguments(folder: Path, method: str) -> list[str]:
+    # odd global batch sizes (17 and 9) also exercise uneven shards
+    return ["unlearn", "--checkpoint", str(folder / "model"), "--data", "digits", "--forget", "seven",
+            "--method", method, *BUDGET]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict[str, Path], str]:
+    """For each method: a random checkpoint unlearned by one process (``single``) and by two gloo
+    processes (``double``), in its own folder; and the launch's stdout."""
+    folders = {}
+    for method, geometry in RUNS.items():
+        folders[method] = tmp_path_factory.mktemp(method)
+        torch.manual_seed(0)
+        save_model(build_model("tiny", geometry), folders[method] / "model")
+        assert main([*_arguments(folders[method], method), "--out", str(folders[method] / "single")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
+    both = [[*_arguments(folder, method), "--out", str(folder / "double")] for method, folder in folders.items()]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-              "-m", "vlunlearn", *arguments, "--out", str(tmp_path / "double")]
+              "--no-python", sys.executable, "-c", LAUNCHED, json.dumps(both)]
     done = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count(f"{method}: forgot") == 1  # only rank 0 reports
+    return folders, done.stdout
 
-    single, double = load_model(tmp_path / "single" / "model"), load_model(tmp_path / "double" / "model")
-    original = load_model(checkpoint).state_dict()
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_two_gloo_processes_match_one_process(method, runs):
+    folders, stdout = runs
+    folder = folders[method]
+    assert stdout.count(f"{method}: forgot") == 1  # only rank 0 reports
+
+    single, double = load_model(folder / "single" / "model"), load_model(folder / "double" / "model")
+    original = load_model(folder / "model").state_dict()
     # Every tensor moved by ~6e-4 (3 Adam steps at lr 2e-4); the two runs agree to within 5% of that.
     # The largest differences are in attention key biases, whose true gradient is zero (softmax
     # ignores them), so Adam's normalised update amplifies float summation noise there.
@@ -59,7 +89,7 @@ def test_two_gloo_processes_match_one_process(geometry, method, tmp_path):
         torch.testing.assert_close(double.state_dict()[name], value, rtol=0, atol=3e-5, msg=name)
     moved = max((single.state_dict()[k].float() - original[k].float()).abs().max().item() for k in original)
     assert moved > 5e-4  # the comparison is not between two untouched models
-    losses = [[h["loss"] for h in json.loads((tmp_path / run / "results.json").read_text())["history"]]
+    losses = [[h["loss"] for h in json.loads((folder / run / "results.json").read_text())["history"]]
               for run in ("single", "double")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
-    assert sorted(p.name for p in (tmp_path / "double").iterdir()) == ["model", "results.json"]
+    assert sorted(p.name for p in (folder / "double").iterdir()) == ["model", "results.json"]

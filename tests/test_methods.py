@@ -58,9 +58,9 @@ def test_every_method_runs_with_finite_losses(method, geometry, digits_splits, t
     before = {k: v.clone() for k, v in model.state_dict().items()}
     unlearned, record = unlearn(
         model, digits_splits, method, tokenizer=tokenizer, progress=False,
-        steps=3, retain_batch_size=16, forget_batch_size=8,
+        steps=2, retain_batch_size=16, forget_batch_size=8,
     )
-    assert record.steps == 3 and record.method == method
+    assert record.steps == 2 and record.method == method
     assert all(math.isfinite(value) for entry in record.history for value in entry.values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model was modified"
     changed = [k for k, v in unlearned.state_dict().items() if not torch.equal(before[k], v)]
@@ -71,7 +71,7 @@ def test_every_method_runs_with_finite_losses(method, geometry, digits_splits, t
 
 def test_learn_curvature_lets_the_curvature_move(digits_splits, tokenizer):
     model = build_model("tiny", "lorentz")
-    unlearned, _ = unlearn(model, digits_splits, "hac", tokenizer=tokenizer, progress=False, steps=3,
+    unlearned, _ = unlearn(model, digits_splits, "hac", tokenizer=tokenizer, progress=False, steps=1,
                            retain_batch_size=16, forget_batch_size=8, learn_curvature=True, lr=1e-2)
     assert unlearned.curv.item() != model.curv.item()
 
@@ -162,8 +162,8 @@ def _scripted_forget_accuracy(monkeypatch, accuracies: list[float]) -> list[int]
 @pytest.mark.parametrize(
     ("accuracies", "target", "steps", "checks"),
     [
-        ([40.0, 25.0, 10.0], 25.0, 8, 2),  # met at the second check (step 8): stop there
-        ([40.0, 25.0, 10.0], 5.0, 12, 3),  # never met: every step runs, checked at 4, 8 and 12
+        ([40.0, 25.0, 10.0], 25.0, 4, 2),  # met at the second check (step 4): stop there
+        ([40.0, 25.0, 10.0], 5.0, 6, 3),  # never met: every step runs, checked at 2, 4 and 6
     ],
 )
 def test_early_stop_ends_the_run_at_the_check_that_meets_the_target(
@@ -173,7 +173,7 @@ def test_early_stop_ends_the_run_at_the_check_that_meets_the_target(
 
     checked = _scripted_forget_accuracy(monkeypatch, accuracies)
     model = build_model("tiny", "euclidean")
-    _, record = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=target, every=4, slice_size=16),
-                        tokenizer=tokenizer, progress=False, steps=12, retain_batch_size=16, forget_batch_size=8)
-    assert (record.steps, record.stopped_early) == (steps, steps < 12)
-    assert checked == [16] * checks  # one check every 4 steps, each on the 16-image D_f slice
+    _, record = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=target, every=2, slice_size=16),
+                        tokenizer=tokenizer, progress=False, steps=6, retain_batch_size=16, forget_batch_size=8)
+    assert (record.steps, record.stopped_early) == (steps, steps < 6)
+    assert checked == [16] * checks  # one check every 2 steps, each on the 16-image D_f slice

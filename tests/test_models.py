@@ -19,12 +19,6 @@ SOT = 49406
 
 
 @pytest.fixture(scope="module")
-def meru_s() -> ContrastiveModel:
-    torch.manual_seed(0)
-    return build_model("meru-vit-s").eval()
-
-
-@pytest.fixture(scope="module")
 def clip_s_meta() -> ContrastiveModel:
     with torch.device("meta"):
         return build_model("clip-vit-s")
@@ -45,8 +39,8 @@ def padded(captions: list[list[int]], length: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- layout
 
 
-def test_meru_vit_s_state_dict_layout(meru_s):
-    sd = meru_s.state_dict()
+def test_meru_vit_s_state_dict_layout(meru_vit_s):
+    sd = meru_vit_s.state_dict()
     assert len(sd) == 307
     expected = {
         "logit_scale": (),
@@ -97,11 +91,11 @@ def test_clip_vit_s_has_no_hyperbolic_scalars(clip_s_meta):
     assert clip_s_meta.curvature() is None
 
 
-def test_parameter_counts_match_reference(meru_s, clip_s_meta):
-    assert sum(p.numel() for p in meru_s.visual.parameters()) == 21_665_664  # pos_embed included
-    assert sum(p.numel() for p in meru_s.textual.parameters()) == 63_165_952
-    assert meru_s.num_parameters() == 85_290_372
-    assert meru_s.num_parameters(trainable_only=True) == 85_290_372 - 197 * 384
+def test_parameter_counts_match_reference(meru_vit_s, clip_s_meta):
+    assert sum(p.numel() for p in meru_vit_s.visual.parameters()) == 21_665_664  # pos_embed included
+    assert sum(p.numel() for p in meru_vit_s.textual.parameters()) == 63_165_952
+    assert meru_vit_s.num_parameters() == 85_290_372
+    assert meru_vit_s.num_parameters(trainable_only=True) == 85_290_372 - 197 * 384
     assert clip_s_meta.num_parameters() == 85_290_369
 
 
@@ -117,14 +111,14 @@ def test_larger_variants_on_meta_device(name, keys, params):
     assert model.num_parameters() == params
 
 
-def test_scalar_initialisation(meru_s):
-    assert meru_s.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
-    assert meru_s.curv.item() == 0.0 and meru_s.curv.requires_grad
-    assert meru_s.visual_alpha.item() == pytest.approx(math.log(512**-0.5))
-    assert meru_s.textual_alpha.item() == pytest.approx(-3.1192, abs=1e-4)
-    assert torch.allclose(meru_s.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
-    assert torch.allclose(meru_s.pixel_std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
-    assert meru_s.visual.norm.eps == 1e-5
+def test_scalar_initialisation(meru_vit_s):
+    assert meru_vit_s.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert meru_vit_s.curv.item() == 0.0 and meru_vit_s.curv.requires_grad
+    assert meru_vit_s.visual_alpha.item() == pytest.approx(math.log(512**-0.5))
+    assert meru_vit_s.textual_alpha.item() == pytest.approx(-3.1192, abs=1e-4)
+    assert torch.allclose(meru_vit_s.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert torch.allclose(meru_vit_s.pixel_std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+    assert meru_vit_s.visual.norm.eps == 1e-5
 
 
 # --------------------------------------------------------------------------- configs
@@ -346,12 +340,12 @@ def test_clamp_range_follows_curv_init():
     assert model.curv.item() == pytest.approx(math.log(5.0))
 
 
-def test_meru_vit_s_forward(meru_s):
+def test_meru_vit_s_forward(meru_vit_s):
     torch.manual_seed(1)
     images = torch.rand(1, 3, 224, 224)
     tokens = padded([[SOT, 320, 1125, 539, 320, 2368, EOT]], 9)
     with torch.no_grad():
-        image_emb, text_emb = meru_s(images, tokens)
+        image_emb, text_emb = meru_vit_s(images, tokens)
     assert image_emb.shape == text_emb.shape == (1, 512)
-    c = meru_s.curvature()
+    c = meru_vit_s.curvature()
     assert torch.isfinite(lorentz.pairwise_dist(image_emb, text_emb, c)).all()

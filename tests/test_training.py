@@ -323,13 +323,14 @@ def test_derangement_of_fewer_than_two_raises(n):
 
 @pytest.mark.parametrize("geometry", ["euclidean", "lorentz"])
 def test_pretraining_is_deterministic_given_the_seed(digits64, tokenizer, geometry):
-    config = PretrainConfig(geometry=geometry, steps=8, batch_size=16, seed=5)
+    # two steps (learning-rate factors 1 and 0.5): the second also depends on the optimizer state
+    config = PretrainConfig(geometry=geometry, steps=2, batch_size=16, seed=5)
     model_a, result_a = pretrain(config, digits64, tokenizer=tokenizer, progress=False)
     model_b, result_b = pretrain(config, digits64, tokenizer=tokenizer, progress=False)
-    assert result_a.steps == result_b.steps == 8
+    assert result_a.steps == result_b.steps == 2
     assert _state_equal(model_a.state_dict(), model_b.state_dict())
     assert result_a.final_logs == result_b.final_logs
-    other, _ = pretrain(PretrainConfig(geometry=geometry, steps=8, batch_size=16, seed=6), digits64,
+    other, _ = pretrain(PretrainConfig(geometry=geometry, steps=2, batch_size=16, seed=6), digits64,
                         tokenizer=tokenizer, progress=False)
     assert not _state_equal(model_a.state_dict(), other.state_dict())
     # training moved the weights away from the seeded initialisation

@@ -320,13 +320,20 @@ def test_class_prompts_use_the_hierarchy_templates():
 def test_pretrained_tiny_clip_is_far_above_chance_on_digits(tokenizer):
     train_data = load_builtin("digits", "train")
     test_data = load_builtin("digits", "test")
-    config = PretrainConfig(geometry="euclidean", steps=110, batch_size=64, lr=1e-3, caption_weights=None, seed=0)
+    # a short run (about a pass over the data) at a low learning rate: about 33 % top-1, 85 % top-5
+    config = PretrainConfig(geometry="euclidean", steps=50, batch_size=32, lr=5e-4, caption_weights=None, seed=0)
     model, result = pretrain(config, train_data, tokenizer=tokenizer, progress=False)
-    assert result.steps == 5 * (len(train_data) // 64)
+    assert result.steps == 50
     accuracy = evaluate_zero_shot(model, test_data, tokenizer)
     assert accuracy["count"] == len(test_data) == 360
-    assert accuracy["micro"] > 40.0, accuracy  # chance is 10 %
-    assert accuracy["macro"] > 35.0, accuracy
+
+    def far_above_chance(scores: dict) -> bool:  # chance is 10 % top-1 and 50 % top-5
+        return scores["micro"] > 25.0 and scores["macro"] > 25.0 and scores["top5_micro"] > 75.0
+
+    assert far_above_chance(accuracy), accuracy
+    torch.manual_seed(0)
+    untrained = evaluate_zero_shot(build_model("tiny", "euclidean"), test_data, tokenizer)
+    assert not far_above_chance(untrained), untrained  # about 9 % top-1, 54 % top-5
     # the evaluation is a pure function of the model
     assert evaluate_zero_shot(model, test_data, tokenizer) == accuracy
 

@@ -17,8 +17,10 @@ from tests.robustness.conftest import snapshot
 from vlunlearn.cli import main
 from vlunlearn.models import load_model
 
-# 40 steps with a training state every 4: the kill lands mid-run.
-RUN = ["--data", "digits", "--forget", "seven", "--set", "steps=40", "--set", "retain_batch_size=16",
+# 12 steps with a training state after each (a tenth of the run, at least 1): the kill lands
+# mid-run, and the resumed run must pick up the batch streams and optimizer where they stopped.
+STEPS = 12
+RUN = ["--data", "digits", "--forget", "seven", "--set", f"steps={STEPS}", "--set", "retain_batch_size=16",
        "--set", "forget_batch_size=8", "--quiet"]
 
 
@@ -70,7 +72,7 @@ def test_a_killed_run_resumes_to_the_same_model(method, workspace, reference, tm
     assert process.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
     saved_step = torch.load(out / "train_state.pt", weights_only=True)["step"]
-    assert 0 < saved_step < 40
+    assert 0 < saved_step < STEPS
     # without --resume the half-done folder is refused; with it the run continues
     assert main(_command(workspace, method, out)) == 2
     assert main(_command(workspace, method, out, "--resume")) == 0
