@@ -219,14 +219,14 @@ def summarize(root: Path, status_by_name: dict[str, str]) -> dict:
     }
 
 
-def run(package: str, scratch: Path, fresh: bool) -> dict:
+def run(package: str, scratch: Path, fresh: bool, children: int = 1) -> dict:
     """Mutate ``package`` against its tests; returns its summary with tests and wall seconds."""
     if fresh:
         shutil.rmtree(scratch / package, ignore_errors=True)
     root = prepare(package, scratch)
     reset_survivors(root)
     start = time.perf_counter()
-    _mutmut(root, "run", "--max-children", "1")
+    _mutmut(root, "run", "--max-children", str(children))
     seconds = time.perf_counter() - start
     return {"tests": list(PACKAGES[package]), "deselected": list(SLOW_TESTS), "seconds": round(seconds, 1),
             **summarize(root, statuses(root))}
@@ -282,6 +282,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--count-only", action="store_true", help="only count the mutants of each package")
     parser.add_argument("--fresh", action="store_true", help="delete the scratch copies first")
+    parser.add_argument("--children", type=int, default=1, help="mutants tested at once (one thread each)")
     args = parser.parse_args()
     if unknown := set(args.packages) - set(PACKAGES):
         parser.error(f"unknown packages {sorted(unknown)}; choose from {list(PACKAGES)}")
@@ -292,7 +293,7 @@ def main() -> None:
         if args.count_only:
             packages[package] = {**packages.get(package, {}), "count": count(package, args.scratch)}
         else:
-            packages[package] = run(package, args.scratch, args.fresh)
+            packages[package] = run(package, args.scratch, args.fresh, args.children)
             print(f"{package}: {packages[package]['killed']}/{packages[package]['total']} killed", flush=True)
     payload = {"mutmut": metadata.version("mutmut"), "pytest_args": list(PYTEST_ARGS), "packages": packages}
     write_results(json_path, args.out / f"{NAME}.md", payload, report(packages))
