@@ -337,3 +337,20 @@ def test_multidelete_terms_against_a_perturbed_original(geometry, pool):
     assert out.logs["multimodal"] == pytest.approx(multimodal, rel=1e-6)
     assert out.logs["unimodal"] == pytest.approx(unimodal, rel=1e-6)
     assert out.loss.item() == pytest.approx(0.5 * decoupling + 2.0 * multimodal + 3.0 * unimodal, rel=1e-6)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_ac_forget_pool_partners_change_with_the_step_and_the_method_seed(geometry):
+    """Five forget captions have 44 derangements: the partners are redrawn at every step and
+    for every method seed, and are the same for the same (seed, step)."""
+    texts = torch.arange(5, dtype=torch.float64).unsqueeze(1)
+
+    def partners(seed: int, step: int) -> list[int]:
+        method = build("ac", TableModel(geometry), partner_pool="forget", seed=seed)
+        return method.partner_embeddings(None, texts, step).flatten().int().tolist()
+
+    seed0 = [partners(0, step) for step in range(6)]
+    assert all(p[i] != i for p in seed0 for i in range(5))
+    assert len({tuple(p) for p in seed0}) > 1  # the step matters
+    assert any(partners(1, step) != seed0[step] for step in range(6))  # the seed matters
+    assert [partners(0, step) for step in range(6)] == seed0
