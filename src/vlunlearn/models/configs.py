@@ -128,7 +128,12 @@ _VITS = {
     "l": dict(vision_width=1024, vision_depth=24, vision_heads=16),
 }
 
-TINY_NAMES = ("tiny", "tiny-scenes")
+_TINY_VARIANTS: dict[str, dict[str, int]] = {
+    "tiny": {},
+    # one 14-pixel patch per cell of the built-in 2x2 scenes, narrower towers, 2 text layers
+    "tiny-scenes": dict(patch_size=14, vision_width=96, text_width=96, text_depth=2),
+}
+TINY_NAMES = tuple(_TINY_VARIANTS)
 MODEL_NAMES: tuple[str, ...] = TINY_NAMES + tuple(
     f"{family}-vit-{size}" for family in ("meru", "clip") for size in ("s", "b", "l")
 )
@@ -138,8 +143,8 @@ def _tiny(name: str, geometry: str) -> ModelConfig:
     """``tiny``: 7-pixel patches, width 128, 4 + 3 layers (7.8M parameters, 6.3M of them the
     token embedding). ``tiny-scenes``: one 14-pixel patch per scene cell, width 96 and 2 text
     layers, ~2.5x cheaper per step and as accurate on ``fashion-scenes`` (its demo recipe)."""
-    config = ModelConfig(
-        name="tiny",
+    return ModelConfig(
+        name=name,
         geometry=geometry,
         image_size=28,
         patch_size=7,
@@ -151,10 +156,7 @@ def _tiny(name: str, geometry: str) -> ModelConfig:
         text_heads=4,
         context_length=32,
         embed_dim=128,
-    )
-    if name == "tiny":
-        return config
-    return config.replace(name=name, patch_size=14, vision_width=96, text_width=96, text_depth=2)
+    ).replace(**_TINY_VARIANTS[name])
 
 
 def _vit(size: str, geometry: str) -> ModelConfig:
