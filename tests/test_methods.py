@@ -15,7 +15,7 @@ from vlunlearn.methods.hac import HACConfig
 from vlunlearn.models import build_model
 from vlunlearn.training.batches import PairSampler, TokenCache
 
-ALL_METHODS = ["ac", "finetune", "hac", "multidelete", "neggrad", "neggrad_plus", "random_pairs"]
+ALL_METHODS = ["ac", "finetune", "hac", "multidelete", "neggrad", "neggrad_plus", "random_pairs", "salun", "scrub"]
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +82,25 @@ def test_ac_loss_matches_its_formula(digits_splits, tokenizer):
     model = build_model("tiny", "euclidean").eval()
     tokens = TokenCache(tokenizer, model.config.context_length)
     config = ACConfig(alpha=2.0, beta=0.5, partner_pool="forget", seed=3)
-    method = AlignmentCalibration(config, MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 3))
+    retain_captions, forget_captions = (split.canonical_captions() for split in (digits_splits.retain, digits_splits.forget))
+    method = AlignmentCalibration(config, MethodContext(model, retain_captions, forget_captions, tokens, 3))
     retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
     forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
+    own = [forget_captions[i] for i in forget.indices.tolist()]
+    partners = method.partner_captions(forget, 0)
+    # the partner of each forget pair is another caption of D_f, never its own
+    assert all(p in forget_captions and p != o for p, o in zip(partners, own))
     with torch.no_grad():
         loss = method.loss(model, retain, forget, step=0).loss
         v_r, t_r = model(retain.images, retain.tokens)
         v_f, t_f = model(forget.images, forget.tokens)
-        partner = method.partner_embeddings(model, t_f, 0)
-        # the partner of each forget pair is another forget caption, never its own
-        assert not any(torch.equal(partner[i], t_f[i]) for i in range(4))
-        images, texts = torch.cat([v_r, v_f]), torch.cat([t_r, partner])
+        images, texts = torch.cat([v_r, v_f]), torch.cat([t_r, model.encode_text(tokens(partners))])
         logits = model.logit_scale.exp() * images @ texts.T
+        columns = [retain_captions[i] for i in retain.indices.tolist()] + partners
+        for i, caption in enumerate(own):  # a forget image's own caption leaves its softmax
+            for j, column in enumerate(columns):
+                if column == caption and j != 6 + i:
+                    logits[6 + i, j] = -math.inf
         labels = torch.arange(10)
         per_pair = (torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                     + torch.nn.functional.cross_entropy(logits.T, labels, reduction="none")) / 2
@@ -104,10 +111,12 @@ def test_ac_loss_matches_its_formula(digits_splits, tokenizer):
 def test_hac_terms_switch_off_to_plain_ac(digits_splits, tokenizer):
     model = build_model("tiny", "lorentz").eval()
     tokens = TokenCache(tokenizer, model.config.context_length)
-    context = MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 0)
+    context = MethodContext(
+        model, digits_splits.retain.canonical_captions(), digits_splits.forget.canonical_captions(), tokens, 0
+    )
     retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
     forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
-    off = HACConfig(lambda_ec=0, lambda_ent=0, lambda_norm=0, lambda_gen=0)
+    off = HACConfig(lambda_ec=0, lambda_ent=0, lambda_norm=0, lambda_gen=0, bound_positive=False)
     hac = get_method("hac")(off, context)
     ac = get_method("ac")(ACConfig(), context)
     with torch.no_grad():
@@ -124,7 +133,9 @@ def test_multidelete_is_zero_retention_loss_for_the_original(digits_splits, toke
     """Against itself, MultiDelete's retention terms vanish; decoupling compares with mismatched pairs."""
     model = build_model("tiny", "euclidean").eval()
     tokens = TokenCache(tokenizer, model.config.context_length)
-    context = MethodContext(model, digits_splits.retain.canonical_captions(), tokens, 0)
+    context = MethodContext(
+        model, digits_splits.retain.canonical_captions(), digits_splits.forget.canonical_captions(), tokens, 0
+    )
     method = get_method("multidelete")(make_config(get_method("multidelete").config_class, {}), context)
     retain = PairSampler(digits_splits.retain, tokens, 6, seed=0).batch(0)
     forget = PairSampler(digits_splits.forget, tokens, 4, seed=0).batch(0)
@@ -140,7 +151,7 @@ def test_epochs_budget_and_sample_requests(tokenizer):
     model = build_model("tiny", "euclidean")
     _, record = unlearn(model, UnlearningRequest(sample_ids=ids), "ac", data=(train, test), tokenizer=tokenizer,
                         progress=False, epochs=2, forget_batch_size=8, retain_batch_size=16, partner_pool="forget")
-    assert record.steps == math.ceil(2 * 20 / 8)
+    assert record.steps == 2 * math.ceil(20 / 8)  # every forget pair seen in each of the 2 passes
     assert record.request["sample_ids"] == list(ids) or tuple(record.request["sample_ids"]) == ids
 
 

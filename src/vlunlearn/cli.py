@@ -93,9 +93,11 @@ def _unlearn_command(args: argparse.Namespace) -> int:
 
     request = _request(args)
     overrides = dict(_key_value(item) for item in args.set)
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
-        test_data=args.test_data, epochs=args.epochs, early_stop_target=args.early_stop, resume=args.resume,
+        test_data=args.test_data, early_stop_target=args.early_stop, resume=args.resume,
         precision=args.precision, grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, workers=args.workers,
         progress=not args.quiet,
     )
@@ -155,6 +157,16 @@ def _key_value(item: str) -> tuple[str, str]:
     if not sep or not key:
         raise VlunlearnError(f"--set expects key=value, got {item!r}")
     return key.strip(), value.strip()
+
+
+def _methods_help() -> str:
+    from vlunlearn.methods import method_summaries
+
+    width = max(len(name) for name, _, _ in method_summaries())
+    lines = [f"  {name:<{width}}  {summary}\n  {'':<{width}}  default budget: {budget}"
+             for name, summary, budget in method_summaries()]
+    oracle = f"  {'retrain':<{width}}  the oracle: pretrain from scratch on D_r with the original recipe"
+    return "methods (--method; settings with --set KEY=VALUE):\n" + "\n".join(lines + [oracle])
 
 
 def _steps(args: argparse.Namespace) -> dict:
@@ -223,14 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrain.set_defaults(func=_pretrain_command)
 
-    unlearn = commands.add_parser("unlearn", help="make a trained model forget concepts or samples")
+    unlearn = commands.add_parser(
+        "unlearn", help="make a trained model forget concepts or samples", epilog=_methods_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     unlearn.add_argument("--checkpoint", required=True, help="model folder or MERU-format .pth (never modified)")
     _data_arguments(unlearn)
     unlearn.add_argument("--forget", action="append", metavar="CONCEPT", help="concept to forget (repeatable)")
     unlearn.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids to forget, one per line")
-    unlearn.add_argument("--method", default="hac", help="unlearning method, or 'retrain' for the oracle")
+    unlearn.add_argument("--method", default="hac", help="unlearning method (listed below), or 'retrain' for the oracle")
     unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
-    unlearn.add_argument("--epochs", type=float, help="budget in passes over D_f (instead of the method's steps)")
+    unlearn.add_argument("--epochs", type=float, help="budget in passes over D_f (same as --set epochs=N)")
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when D_f accuracy falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

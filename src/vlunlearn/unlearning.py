@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from vlunlearn.provenance import seed_everything
 from vlunlearn.training.batches import PairSampler, TokenCache
 from vlunlearn.training.loop import OptimConfig, checkpoint_interval, train
 from vlunlearn.training.pretrain import PretrainConfig
+from vlunlearn.training.scope import restrict_parameters
 
 
 @dataclass
@@ -38,7 +38,9 @@ class EarlyStop:
 
 @dataclass
 class UnlearnRecord:
-    """What ran: method, its full config, the request, the budget used and the loss history."""
+    """What ran: method, its full config (steps and lr resolved), the request, the budget used,
+    the loss history and which parameters were updated (see
+    :func:`~vlunlearn.training.scope.restrict_parameters`)."""
 
     method: str
     config: dict[str, Any]
@@ -48,6 +50,7 @@ class UnlearnRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     faults: list[dict[str, float]] = field(default_factory=list)
+    updated_parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def unlearn(
@@ -57,7 +60,6 @@ def unlearn(
     *,
     data: str | tuple[PairDataset, PairDataset] = "fashion-mnist",
     recipe: PretrainConfig | None = None,
-    epochs: float | None = None,
     early_stop: EarlyStop | None = None,
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
@@ -78,13 +80,14 @@ def unlearn(
         recipe: the pretraining recipe of ``model``, needed by ``retrain`` (default: the
             built-in recipe for the model's configuration and geometry).
         early_stop: optional stop when forget accuracy on a D_f slice reaches a target.
-        epochs: budget in passes over D_f, replacing the config's ``steps``.
         state_path: file for training-state checkpoints, written every ``checkpoint_every``
             steps (default: a tenth of the run) and on SIGINT/SIGTERM.
         resume: continue from ``state_path``; the result equals an uninterrupted run's.
         precision: ``fp32``, ``bf16`` or ``fp16`` (mixed precision; Lorentz maths stays float32).
         grad_checkpointing: recompute transformer activations in backward to save memory.
-        overrides: settings of the method's config, e.g. ``steps=30, alpha=2.0``.
+        overrides: settings of the method's config, e.g. ``epochs=3, alpha=2.0``; the budget
+            is ``epochs`` passes over D_f unless ``steps`` is given, ``lr=None`` is the model
+            family's rate (see :class:`~vlunlearn.methods.MethodConfig`).
 
     Returns:
         The unlearned model and a record of what ran.
@@ -104,10 +107,7 @@ def unlearn(
         return retrained, record
 
     method_class = get_method(method)
-    config = make_config(method_class.config_class, overrides)
-    if epochs is not None:
-        forget_batch = min(config.forget_batch_size, len(splits.forget))
-        config = replace(config, steps=max(1, math.ceil(epochs * len(splits.forget) / forget_batch)))
+    config = make_config(method_class.config_class, overrides).resolve(len(splits.forget), model)
     seed_everything(config.seed)
     unlearned = copy.deepcopy(model)
     if grad_checkpointing:
@@ -115,27 +115,36 @@ def unlearn(
     original = copy.deepcopy(model).eval().requires_grad_(False)
     if unlearned.config.hyperbolic and not config.learn_curvature:
         unlearned.curv.requires_grad_(False)
+    scope = restrict_parameters(unlearned, config.towers, config.parameter_filter)
     tokens = TokenCache(tokenizer, model.config.context_length)
-    context = MethodContext(original, splits.retain.canonical_captions(), tokens, config.seed)
+    context = MethodContext(
+        original, splits.retain.canonical_captions(), splits.forget.canonical_captions(), tokens, config.seed,
+        splits.request.kind,
+    )
     instance = method_class(config, context)
     instance.check_model(unlearned)
     objective = UnlearningObjective(
         instance,
         PairSampler(splits.retain, tokens, config.retain_batch_size, config.seed),
-        PairSampler(splits.forget, tokens, config.forget_batch_size, config.seed + 1),
+        PairSampler(splits.forget, tokens, config.forget_batch_size, config.seed + 1, drop_last=False),
     )
     optim = OptimConfig(
         steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
         cosine=False, checkpoint_every=checkpoint_interval(config.steps, checkpoint_every), precision=precision,
+        freeze_norm_statistics=True,
     )
     should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
-    result = train(
-        unlearned, objective, optim, description=f"unlearn {method}", progress=progress, should_stop=should_stop,
-        state_path=state_path, resume=resume,
-    )
+    instance.prepare(unlearned, objective.retain, objective.forget)
+    try:
+        result = train(
+            unlearned, objective, optim, description=f"unlearn {method}", progress=progress, should_stop=should_stop,
+            state_path=state_path, resume=resume,
+        )
+    finally:
+        instance.finish(unlearned)
     record = UnlearnRecord(
         method, config.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
-        stopped_early=result.steps < config.steps, faults=result.faults,
+        stopped_early=result.steps < config.steps, faults=result.faults, updated_parameters=scope,
     )
     return unlearned, record
 

@@ -141,7 +141,6 @@ def unlearn_run(
     *,
     overrides: dict[str, str],
     test_data: str | None = None,
-    epochs: float | None = None,
     early_stop_target: float | None = None,
     resume: bool = False,
     precision: str = "fp32",
@@ -174,7 +173,7 @@ def unlearn_run(
     state_path = out / STATE_FILE
     with peak_memory() as peak:
         unlearned, record = unlearn(
-            model, splits, method, recipe=recipe, epochs=epochs, early_stop=early_stop, tokenizer=tokenizer,
+            model, splits, method, recipe=recipe, early_stop=early_stop, tokenizer=tokenizer,
             progress=progress, state_path=state_path, resume=resume, precision=precision,
             grad_checkpointing=grad_checkpointing, **overrides,
         )
@@ -191,6 +190,7 @@ def unlearn_run(
         "split_sizes": {"forget": len(splits.forget), "retain": len(splits.retain)},
         "method": method,
         "config": record.config,
+        "updated_parameters": record.updated_parameters,
         "seed": record.config.get("seed"),
         "environment": environment(),
         "run": {

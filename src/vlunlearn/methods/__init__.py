@@ -1,6 +1,6 @@
 """Unlearning methods, one file each, registered by name (see :func:`get_method`)."""
 
-from vlunlearn.methods import ac, finetune, hac, multidelete, neggrad, neggrad_plus, random_pairs  # noqa: F401  (registration)
+from vlunlearn.methods import ac, finetune, hac, multidelete, neggrad, neggrad_plus, random_pairs, salun, scrub  # noqa: F401  (registration)
 from vlunlearn.methods.base import (
     MethodConfig,
     MethodContext,
@@ -9,6 +9,7 @@ from vlunlearn.methods.base import (
     available_methods,
     get_method,
     make_config,
+    method_summaries,
     register,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "available_methods",
     "get_method",
     "make_config",
+    "method_summaries",
     "register",
 ]

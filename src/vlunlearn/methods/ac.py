@@ -1,11 +1,20 @@
 """Alignment Calibration (AC; Wang et al., arXiv 2406.03603), in any geometry.
 
-``L = [sum_{B_r} l_i + alpha * sum_{B_f} l~_i] / (|B_r| + alpha |B_f|) + beta * mean_{B_f} s(v, t)``
+``L = [sum_{B_r} l_i + alpha * sum_{B_f} l~_i] / (|B_r| + alpha |B_f|) + beta * P``
 
-``l~_i`` is the contrastive loss of forget image ``v_i`` whose positive is a
-mismatched partner caption (negative alignment calibration); the true forget
-captions never enter that loss. The last term lowers the similarity of the true
-forget pairs (positive alignment calibration). ``s`` is the geometry's similarity.
+``l~_i`` is the contrastive loss of forget image ``v_i`` whose positive is a mismatched partner
+caption (negative calibration). A forget image's own caption never enters its loss: where the
+batch's text columns (retain captions, other pairs' partners) hold that caption, it is masked
+out of the softmax. ``P`` lowers the similarity of the true forget pairs (positive
+calibration): ``P = mean_{B_f} s(v, t)``, or with ``bound_positive`` the hinge
+``mean_{B_f} max(0, s(v, t) - s_0(v, t'))``, which stops rewarding once a forget pair is no more
+similar than the original model found the image and its partner caption ``t'``. ``s`` is the
+geometry's similarity (``-d`` on the Lorentz model, where the unbounded form keeps rewarding
+distance and pushes forget images into outliers).
+
+With ``alpha = 1`` and partners from D_r, the negative-calibration rows equal the
+``random_pairs`` loss exactly: on a concept request AC is ``random_pairs`` plus the ``beta``
+term. On a sample request partners come from D_f (the authors' setting).
 """
 
 from __future__ import annotations
@@ -13,21 +22,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from vlunlearn.methods.base import MethodConfig, UnlearningMethod, derangement, encode, register
-from vlunlearn.training.batches import PairBatch, step_generator
+from vlunlearn.methods.base import MethodConfig, UnlearningMethod, encode, register
+from vlunlearn.training.batches import PairBatch, concat_tokens
 from vlunlearn.training.distributed import data_parallel
 from vlunlearn.training.loop import StepOutput
 from vlunlearn.training.losses import contrastive_logits, pairwise_contrastive_loss
 
-PARTNER_POOLS = ("retain", "forget")
+PARTNER_POOLS = ("auto", "retain", "forget")
 
 
 def check_partner_pool(pool: str) -> None:
     """Raise a clear error for an unknown mismatched-partner pool."""
     if pool not in PARTNER_POOLS:
         raise ValueError(f"partner_pool must be one of {PARTNER_POOLS}, got {pool!r}")
+
+
+def partner_pool(pool: str, request_kind: str) -> str:
+    """``retain`` or ``forget``: ``auto`` is ``forget`` for a sample request (the papers' setting)
+    and ``retain`` for a concept request (there every forget caption names the same concept,
+    so another forget caption is no mismatch)."""
+    if pool != "auto":
+        return pool
+    return "forget" if request_kind == "samples" else "retain"
 
 
 @dataclass(frozen=True)
@@ -40,52 +59,86 @@ class ACConfig(MethodConfig):
         beta: weight of positive calibration. The paper's code scales beta by
             |D_f| / |D_train|; here beta is the effective weight, stated directly. 0.5 drives
             forget accuracy to the oracle's within the default budget on both geometries
-            while retain accuracy stays within 3 points (built-in Fashion-MNIST).
+            while retain accuracy stays within 3 points (built-in data).
         partner_pool: where a forget image's mismatched caption comes from: ``retain``
-            (random D_r captions; the default for concept requests, since all forget captions
-            name the same concept) or ``forget`` (another forget pair, the paper's
-            sample-deletion setting).
+            (random D_r captions), ``forget`` (a random *other* caption of all of D_f, the
+            paper's sample-deletion setting) or ``auto`` (``forget`` for sample requests,
+            ``retain`` for concept requests).
+        bound_positive: use the hinge form of positive calibration (see the module). Off for
+            AC, whose cosine similarity is bounded anyway, as in the paper.
     """
 
     alpha: float = 1.0
     beta: float = 0.5
-    partner_pool: str = "retain"
+    partner_pool: str = "auto"
+    bound_positive: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_partner_pool(self.partner_pool)
 
 
 @register("ac")
 class AlignmentCalibration(UnlearningMethod):
+    """Alignment Calibration: forget images learn mismatched captions, true forget pairs lose similarity."""
+
     config_class = ACConfig
 
     def loss(self, model, retain, forget, step):
         loss, logs, _ = self.calibration(model, retain, forget, step)
         return StepOutput(loss, logs)
 
-    def partner_embeddings(self, model, forget_text: Tensor, step: int) -> Tensor:
-        """Embeddings of the mismatched partner caption of every forget pair. ``(B_f, D)``."""
-        if self.config.partner_pool == "forget":
-            return forget_text[derangement(len(forget_text), step_generator(self.config.seed, step, 13))]
-        return data_parallel(model.encode_text, self.context.random_retain_tokens(len(forget_text), step, salt=13))
+    def partner_captions(self, forget: PairBatch, step: int) -> list[str]:
+        """The mismatched partner caption of every forget pair."""
+        context = self.context
+        if partner_pool(self.config.partner_pool, context.request_kind) == "forget":
+            return context.forget_partner_captions(forget.indices, step, salt=13)
+        return context.random_retain_captions(len(forget), step, salt=13)
 
     def calibration(
         self, model, retain: PairBatch, forget: PairBatch, step: int
     ) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor, Tensor, Tensor]]:
         """The AC loss, its logged parts, and the embeddings ``(v_r, t_r, v_f, t_f)`` for subclasses."""
         alpha, beta = self.config.alpha, self.config.beta
+        context = self.context
         retain_image, retain_text = encode(model, retain)
         forget_image, forget_text = encode(model, forget)
-        partner_text = self.partner_embeddings(model, forget_text, step)
+        partners = self.partner_captions(forget, step)
+        partner_tokens = context.tokens(partners)
+        partner_text = data_parallel(model.encode_text, partner_tokens)
         logits = contrastive_logits(model, torch.cat([retain_image, forget_image]), torch.cat([retain_text, partner_text]))
+        columns = concat_tokens(retain.tokens, partner_tokens)
+        logits = mask_own_captions(logits, len(retain_image), forget.tokens, columns)
         per_pair = pairwise_contrastive_loss(logits)
         n_retain, n_forget = len(retain_image), len(forget_image)
         retain_part, negative_part = per_pair[:n_retain].sum(), per_pair[n_retain:].sum()
         calibrated = (retain_part + alpha * negative_part) / (n_retain + alpha * n_forget)
-        positive = model.geometry.paired_similarity(forget_image, forget_text, model.curvature()).mean()
+        similarity = model.geometry.paired_similarity(forget_image, forget_text, model.curvature())
+        if self.config.bound_positive:
+            with torch.no_grad():
+                original_image = data_parallel(context.original.encode_image, forget.images)
+                original_partner = data_parallel(context.original.encode_text, partner_tokens)
+                floor = model.geometry.paired_similarity(original_image, original_partner, context.original.curvature())
+            positive = torch.clamp(similarity - floor, min=0).mean()
+        else:
+            positive = similarity.mean()
         logs = {
             "retain": retain_part.item() / n_retain,
             "negative_calibration": negative_part.item() / n_forget,
-            "forget_similarity": positive.item(),
+            "forget_similarity": similarity.mean().item(),
+            "positive_calibration": positive.item(),
         }
         return calibrated + beta * positive, logs, (retain_image, retain_text, forget_image, forget_text)
+
+
+def mask_own_captions(logits: Tensor, n_retain: int, own: Tensor, columns: Tensor) -> Tensor:
+    """``logits`` with ``-inf`` where a forget row (``n_retain + i``) meets a column whose caption
+    is that pair's own caption (same token ids), except its own partner column (the diagonal).
+    ``(B_r + B_f, B_r + B_f), (B_f, L1), (B_r + B_f, L2) -> (B_r + B_f, B_r + B_f)``."""
+    width = max(own.shape[1], columns.shape[1])
+    own, columns = (F.pad(tokens, (0, width - tokens.shape[1])) for tokens in (own, columns))
+    same = (own[:, None, :] == columns[None, :, :].to(own.device)).all(dim=-1)
+    same[torch.arange(len(own)), n_retain + torch.arange(len(own))] = False
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[n_retain:] = same
+    return logits.masked_fill(mask, float("-inf"))

@@ -16,7 +16,7 @@ class FinetuneConfig(MethodConfig):
 
 @register("finetune")
 class Finetune(UnlearningMethod):
-    """``L = L_con(B_r)``."""
+    """Fine-tuning on the retain set only: ``L = L_con(B_r)``."""
 
     config_class = FinetuneConfig
 

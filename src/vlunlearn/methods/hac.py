@@ -14,6 +14,7 @@ The AC loss with ``s = -d`` (geodesic distance), plus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,9 +31,10 @@ class HACConfig(ACConfig):
     """Hyperbolic Alignment Calibration; every extra term is off when its weight is 0.
 
     Attributes:
-        steps, lr: 20 steps at 3e-4: the norm term costs a forward pass of the original
-            model per step, so HAC takes fewer, larger steps than AC to stay under 5% of the
-            oracle's wall time; it forgets to the oracle's accuracy on built-in Fashion-MNIST.
+        tiny_lr: 3e-4: the norm term costs a forward pass of the original model per step, so
+            HAC takes larger steps than AC to forget within the same number of epochs.
+        bound_positive: on: with ``s = -d`` the unbounded positive calibration keeps
+            rewarding distance, and long runs push forget images into outliers an attacker spots.
         lambda_ec: entailment calibration of forget pairs (push images out of their cones).
         ec_margin: how far (radians) past the cone boundary a forget image must go.
         lambda_ent: MERU's entailment loss on retain pairs (0.2, its pretraining weight).
@@ -41,8 +43,8 @@ class HACConfig(ACConfig):
             toward every concept's cone at once).
     """
 
-    steps: int = 20
-    lr: float = 3e-4
+    tiny_lr: ClassVar[float] = 3e-4
+    bound_positive: bool = True
     lambda_ec: float = 1.0
     ec_margin: float = 0.0
     lambda_ent: float = 0.2
@@ -52,6 +54,8 @@ class HACConfig(ACConfig):
 
 @register("hac")
 class HyperbolicAlignmentCalibration(AlignmentCalibration):
+    """Hyperbolic AC (Lorentz only): AC with distances, entailment calibration and norm anchoring."""
+
     config_class = HACConfig
 
     def check_model(self, model) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,21 +19,22 @@ class RandomPairsConfig(MethodConfig):
     """Random relabelling.
 
     Attributes:
-        lr: 5e-4; at the shared 2e-4 the relabelled pairs leave half of the forgotten
+        tiny_lr: 5e-4; at the shared 2e-4 the relabelled pairs leave half of the forgotten
             concept recognisable within the budget (built-in Fashion-MNIST).
     """
 
-    lr: float = 5e-4
+    tiny_lr: ClassVar[float] = 5e-4
 
 
 @register("random_pairs")
 class RandomPairs(UnlearningMethod):
-    """``L = L_con(B_r + B_f')`` where B_f' pairs each forget image with a random D_r caption."""
+    """Random relabelling: ``L = L_con(B_r + B_f')``, each forget image paired with a random D_r caption."""
 
     config_class = RandomPairsConfig
 
     def loss(self, model, retain, forget, step):
-        random_tokens = self.context.random_retain_tokens(len(forget), step, salt=11)
+        # salt 13, AC's: AC with alpha = 1, beta = 0 and D_r partners is this loss exactly
+        random_tokens = self.context.random_retain_tokens(len(forget), step, salt=13)
         images = torch.cat([retain.images, forget.images])
         tokens = concat_tokens(retain.tokens, random_tokens)
         loss = contrastive_loss(model, *data_parallel(model, images, tokens))

@@ -78,6 +78,11 @@ class ContrastiveModel(nn.Module):
         """Curvature magnitude ``c = exp(curv)`` (the space has curvature ``-c``); ``None`` for Euclidean."""
         return self.curv.exp() if self.config.hyperbolic else None
 
+    @staticmethod
+    def parameter_tower(name: str) -> str:
+        """``image``, ``text`` or ``shared`` (temperature, curvature) for a parameter name."""
+        return {"visual": "image", "textual": "text"}.get(name.split(".")[0].split("_")[0], "shared")
+
     def _scale(self, alpha: str) -> Tensor | None:
         return getattr(self, alpha).exp() if self.config.hyperbolic else None
 

@@ -197,6 +197,16 @@ class OpenClipAdapter(nn.Module):
         """``logit_scale <= ln 100`` in place, as CLIP and :class:`ContrastiveModel` do at each training step."""
         self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
 
+    @staticmethod
+    def parameter_tower(name: str) -> str:
+        """``image`` (``inner.visual.*``), ``shared`` (``inner.logit_scale``/``logit_bias``) or
+        ``text`` (every other weight of an open_clip model: its text transformer, token and
+        positional embeddings, final norm and text projection)."""
+        part = name.removeprefix("inner.").split(".")[0]
+        if part == "visual":
+            return "image"
+        return "shared" if part in ("logit_scale", "logit_bias") else "text"
+
     def set_grad_checkpointing(self, enabled: bool = True) -> "OpenClipAdapter":
         """Gradient checkpointing through open_clip's own switch. Returns ``self``."""
         if not hasattr(self.inner, "set_grad_checkpointing"):

@@ -61,6 +61,9 @@ class PairSampler:
     ``caption_weights`` (generic -> specific) draws one caption level per item and step,
     so a hyperbolic model sees every level of the hierarchy; ``None`` always uses the
     canonical (most specific) caption. The batch size is capped at the dataset size.
+    ``drop_last`` drops an epoch's last partial batch (pretraining); otherwise that batch is
+    filled up with the epoch's first items, so that every item is seen in every epoch
+    (unlearning, whose budget counts passes over D_f).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class PairSampler:
         batch_size: int,
         seed: int,
         caption_weights: Sequence[float] | None = None,
+        drop_last: bool = True,
     ) -> None:
         if len(dataset) == 0:
             raise DataError(f"cannot sample batches from the empty dataset {dataset.name!r}")
@@ -77,13 +81,15 @@ class PairSampler:
         self.tokens = tokens
         self.batch_size = min(batch_size, len(dataset))
         self.seed = seed
+        self.drop_last = drop_last
         self.caption_weights = None if caption_weights is None else torch.tensor(caption_weights, dtype=torch.float)
         self._epoch = -1
         self._order = torch.empty(0, dtype=torch.long)
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.dataset) // self.batch_size
+        full, partial = divmod(len(self.dataset), self.batch_size)
+        return full + int(bool(partial) and not self.drop_last)
 
     def indices(self, step: int) -> Tensor:
         """Dataset indices of the batch at ``step``. ``() -> (B,)``."""
@@ -92,7 +98,8 @@ class PairSampler:
             self._order = torch.randperm(len(self.dataset), generator=step_generator(self.seed, epoch))
             self._epoch = epoch
         start = position * self.batch_size
-        return self._order[start : start + self.batch_size]
+        batch = self._order[start : start + self.batch_size]
+        return torch.cat([batch, self._order[: self.batch_size - len(batch)]])
 
     def batch(self, step: int) -> PairBatch:
         indices = self.indices(step)

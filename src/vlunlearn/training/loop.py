@@ -76,6 +76,9 @@ class OptimConfig:
             many steps, restored after a non-finite loss (0: no recovery, a fault stops the
             run). Every step by default: cheap for the built-in models; for large models on
             small accelerators a larger value saves time and memory.
+        freeze_norm_statistics: keep batch-norm running statistics as they are (batch-norm
+            layers stay in eval mode): unlearning batches show one concept, and a ResNet
+            tower's statistics would drift toward it.
     """
 
     steps: int
@@ -88,6 +91,7 @@ class OptimConfig:
     checkpoint_every: int = 0
     precision: str = "fp32"
     snapshot_every: int = 1
+    freeze_norm_statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -192,6 +196,10 @@ def train(
     with _stop_requests() as pending_signal:
         while step < config.steps:
             model.train()
+            if config.freeze_norm_statistics:
+                for module in model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
             model.clamp_scalars_()
             with torch.autocast(device_type, dtype=half, enabled=half is not None):
                 output = objective(model, step)
