@@ -9,7 +9,10 @@ each row (image -> text) and of each column (text -> image) of the contrastive l
 - max step (every other step in the first ``max_fraction`` of the run, as SCRUB interleaves
   max and min epochs early on): ``L_min - alpha * KL_f``,
 
-where ``KL_r`` and ``KL_f`` are ``KL(teacher || student)`` on B_r and on B_f.
+where ``KL_r`` and ``KL_f`` are ``KL(teacher || student)`` on B_r and on B_f. With
+``retain_negatives`` (default) the forget distributions are the forget rows and columns of one
+similarity matrix over ``B_f + B_r``: in a concept request every forget caption names the same
+concept, so within B_f alone the row distributions are uniform whatever the model does.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ class ScrubConfig(MethodConfig):
         max_fraction: max steps are the even steps in the first ``max_fraction`` of the run;
             0.5 alternates max and min steps over the first half, then only min steps repair
             the retained knowledge (the paper stops max steps after a few early epochs).
+        retain_negatives: the forget KL compares distributions over the forget *and* retain
+            captions and images (see the module), so that it can act on a concept request.
     """
 
     alpha: float = 1.0
     gamma: float = 1.0
     max_fraction: float = 0.5
+    retain_negatives: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,14 +60,23 @@ class ScrubConfig(MethodConfig):
             raise ValueError(f"max_fraction must be in [0, 1], got {self.max_fraction}")
 
 
+def row_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Mean over rows of ``KL(softmax(teacher row) || softmax(student row))``. ``(B1, B2), (B1, B2) -> ()``."""
+    return F.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1), log_target=True,
+                    reduction="batchmean")
+
+
 def similarity_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     """``KL(teacher || student)`` of the row softmaxes (image -> text) and of the column softmaxes
     (text -> image), each a mean over its rows or columns, averaged over both. ``(B1, B2), (B1, B2) -> ()``."""
+    return (row_kl(teacher_logits, student_logits) + row_kl(teacher_logits.T, student_logits.T)) / 2
 
-    def kl(teacher: Tensor, student: Tensor) -> Tensor:
-        return F.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
 
-    return (kl(teacher_logits, student_logits) + kl(teacher_logits.T, student_logits.T)) / 2
+def leading_kl(teacher_logits: Tensor, student_logits: Tensor, n: int) -> Tensor:
+    """:func:`similarity_kl` restricted to the first ``n`` rows (over all columns) and the first
+    ``n`` columns (over all rows). ``(B, B), (B, B) -> ()``."""
+    rows = row_kl(teacher_logits[:n], student_logits[:n])
+    return (rows + row_kl(teacher_logits[:, :n].T, student_logits[:, :n].T)) / 2
 
 
 @register("scrub")
@@ -76,21 +91,29 @@ class Scrub(UnlearningMethod):
             raise ValueError("SCRUB's step schedule needs a resolved config (steps is None)")
         return step % 2 == 0 and step < self.config.max_fraction * self.config.steps
 
-    def batch_logits(self, model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
-        """Teacher and student contrastive logits of ``batch``. ``-> (B, B), (B, B)``."""
+    def joint_logits(self, model: nn.Module, forget: PairBatch, retain: PairBatch) -> tuple[Tensor, Tensor]:
+        """Teacher and student contrastive logits over ``B_f + B_r`` (forget first). ``-> (N, N), (N, N)``."""
         with torch.no_grad():
-            teacher = contrastive_logits(self.context.original, *encode_original(self.context, batch))
-        return teacher, contrastive_logits(model, *encode(model, batch))
+            teacher = contrastive_logits(self.context.original, *joint(encode_original(self.context, forget),
+                                                                       encode_original(self.context, retain)))
+        return teacher, contrastive_logits(model, *joint(encode(model, forget), encode(model, retain)))
 
     def loss(self, model, retain, forget, step):
         cfg = self.config
-        teacher, student = self.batch_logits(model, retain)
-        kl_retain = similarity_kl(teacher, student)
-        contrastive = pairwise_contrastive_loss(student).mean()
+        n = len(forget)
+        teacher, student = self.joint_logits(model, forget, retain)
+        kl_retain = similarity_kl(teacher[n:, n:], student[n:, n:])
+        contrastive = pairwise_contrastive_loss(student[n:, n:]).mean()
         loss = kl_retain + cfg.gamma * contrastive
-        max_step = self.is_max_step(step)
-        with torch.set_grad_enabled(max_step and torch.is_grad_enabled()):
-            kl_forget = similarity_kl(*self.batch_logits(model, forget))
-        if max_step:
+        if cfg.retain_negatives:
+            kl_forget = leading_kl(teacher, student, n)
+        else:
+            kl_forget = similarity_kl(teacher[:n, :n], student[:n, :n])
+        if self.is_max_step(step):
             loss = loss - cfg.alpha * kl_forget
         return StepOutput(loss, {"kl_retain": kl_retain.item(), "kl_forget": kl_forget.item(), "retain": contrastive.item()})
+
+
+def joint(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Image and text embeddings of two batches, stacked. ``(B1, D) x 2, (B2, D) x 2 -> (B1 + B2, D) x 2``."""
+    return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
