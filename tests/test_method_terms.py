@@ -167,6 +167,7 @@ def test_finetune_is_the_retain_contrastive_loss(geometry):
     with torch.no_grad():
         out = build("finetune", model).loss(model, RETAIN, FORGET, 0)
     assert out.loss.item() == pytest.approx(con(model, RETAIN), rel=1e-9)
+    assert out.logs == {"retain": pytest.approx(con(model, RETAIN), rel=1e-9)}
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
@@ -246,6 +247,9 @@ def test_neggrad_plus_descends_retain_and_ascends_gamma_times_forget(geometry):
         apart = build("neggrad_plus", model, gamma=0.5, retain_negatives=False).loss(model, RETAIN, FORGET, 0).loss
     forget_loss, retain_loss = joint_losses(model, FORGET, RETAIN)
     assert out.item() == pytest.approx(retain_loss - 0.5 * forget_loss, rel=1e-9)
+    with torch.no_grad():
+        logs = build("neggrad_plus", model).loss(model, RETAIN, FORGET, 0).logs
+    assert logs == {"retain": pytest.approx(retain_loss, rel=1e-9), "forget": pytest.approx(forget_loss, rel=1e-9)}
     assert (twice - once).item() == pytest.approx(-forget_loss, rel=1e-9)
     assert apart.item() == pytest.approx(con(model, RETAIN) - 0.5 * con(model, FORGET), rel=1e-9)
 
@@ -254,10 +258,11 @@ def test_neggrad_plus_descends_retain_and_ascends_gamma_times_forget(geometry):
 def test_random_pairs_trains_forget_images_on_retain_captions(geometry):
     model = TableModel(geometry)
     with torch.no_grad():
-        out = build("random_pairs", model).loss(model, RETAIN, FORGET, 0).loss
+        out = build("random_pairs", model).loss(model, RETAIN, FORGET, 0)
     relabelled = con(model, pairs([0, 1, 2, 3, 4], [0, 1, 2, POOL, POOL]))
     true_captions = con(model, pairs([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]))
-    assert out.item() == pytest.approx(relabelled, rel=1e-9)
+    assert out.loss.item() == pytest.approx(relabelled, rel=1e-9)
+    assert out.logs == {"contrastive": pytest.approx(relabelled, rel=1e-9)}
     assert abs(relabelled - true_captions) > 0.1  # the check tells the two targets apart
 
 
@@ -418,6 +423,13 @@ def hac_term(model: TableModel, original: TableModel, term: str, log: str, **set
     return outs[0].logs[log], (outs[1].loss - outs[0].loss).item()
 
 
+def test_hac_logs_only_the_terms_that_are_on():
+    model = TableModel("lorentz")
+    with torch.no_grad():
+        logs = build("hac", model, **HAC_OFF).loss(model, RETAIN, FORGET, 0).logs
+    assert set(logs) == {"retain", "negative_calibration", "forget_similarity", "positive_calibration"}
+
+
 def test_hac_entailment_calibration_pushes_forget_images_out_of_their_cones():
     model = TableModel("lorentz")
     term, added = hac_term(model, model, "lambda_ec", "entailment_calibration", ec_margin=0.05)
@@ -500,3 +512,33 @@ def test_multidelete_matrix_decoupling_regresses_the_whole_forget_similarity_mat
     diagonal = ((paired(model, v_f, t_f) - paired(model, v0_f, t0_f[[1, 0]])) ** 2).mean().item()
     assert abs(expected - diagonal) > 1e-3
     assert out.logs["decoupling"] == pytest.approx(expected, rel=1e-6)
+
+
+FIVE = pairs([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])  # five forget pairs: 44 derangements
+
+
+def test_multidelete_forget_partners_are_redrawn_per_step_and_seed_and_reproducible():
+    model, original = TableModel("euclidean"), perturbed("euclidean")
+
+    def decoupling(seed: int, step: int) -> float:
+        method = build("multidelete", model, original, partner_pool="forget", seed=seed)
+        with torch.no_grad():
+            return method.loss(model, RETAIN, FIVE, step).logs["decoupling"]
+
+    seed0 = [decoupling(0, step) for step in range(6)]
+    assert len(set(seed0)) > 1  # the step matters
+    assert any(decoupling(1, step) != seed0[step] for step in range(6))  # the seed matters
+    assert [decoupling(0, step) for step in range(6)] == seed0
+
+
+def test_random_retain_captions_depend_on_seed_step_and_salt():
+    retain = [f"r{i}" for i in range(50)]
+    context = MethodContext(None, retain, ["f"], TokenCache(FakeTokenizer(retain), 77), seed=0)
+    draw = context.random_retain_captions(20, 3, salt=13)
+    assert set(draw) <= set(retain) and len(set(draw)) > 5
+    assert draw == context.random_retain_captions(20, 3, salt=13)
+    assert draw != context.random_retain_captions(20, 4, salt=13)
+    assert draw != context.random_retain_captions(20, 3, salt=17)
+    other_seed = MethodContext(None, retain, ["f"], context.tokens, seed=1)
+    assert draw != other_seed.random_retain_captions(20, 3, salt=13)
+    torch.testing.assert_close(context.random_retain_tokens(20, 3, salt=13), context.tokens(draw))

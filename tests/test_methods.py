@@ -31,8 +31,24 @@ def tokenizer():
 
 def test_registry_lists_every_method_and_rejects_unknown_names():
     assert available_methods() == ALL_METHODS
+    assert all(get_method(name).name == name for name in ALL_METHODS)
     with pytest.raises(ConfigError, match="choose one of"):
         get_method("forgetful")
+
+
+def test_register_names_a_method_and_refuses_a_second_one_under_the_same_name(monkeypatch):
+    from vlunlearn.methods import base
+
+    monkeypatch.setattr(base, "_REGISTRY", {})
+
+    @base.register("mine")
+    class Mine(base.UnlearningMethod):
+        pass
+
+    assert Mine.name == "mine" and base.get_method("mine") is Mine
+    with pytest.raises(ValueError, match="already registered"):
+        base.register("mine")(type("Other", (base.UnlearningMethod,), {}))
+    assert base.get_method("mine") is Mine
 
 
 def test_make_config_parses_strings_and_rejects_bad_settings():
