@@ -197,3 +197,52 @@ def test_audit_of_an_untrained_tiny_meru():
     matrix = torch.tensor(audit["matrix"])
     assert matrix.shape == (3, 3) and bool((matrix <= 0).all())  # negative distances
     assert math.isfinite(audit["gap"])
+
+
+# --------------------------------------------------------------------------- defaults, edge cases, grouping
+
+
+def test_defaults_are_64_pairs_and_seed_0():
+    assert alignment_selection(100).numel() == 64
+    assert alignment_selection(12, 5).tolist() == alignment_selection(12, 5, seed=0).tolist()
+    data, tokenizer, model, images, captions = _setup(70)
+    assert alignment_matrix(model, data, tokenizer).shape == (64, 64)
+    rows = alignment_selection(70, 5, 0)
+    expected = _cosine(images[rows], captions[rows])
+    torch.testing.assert_close(alignment_matrix(model, data, tokenizer, max_pairs=5), expected)
+    assert alignment_audit(model, data, tokenizer, max_pairs=5)["ids"] == [f"toy/{i:02d}" for i in rows.tolist()]
+
+
+def test_empty_data_gives_an_empty_square_matrix_and_no_gap():
+    data, tokenizer, model, _, _ = _setup(3)
+    empty = data.subset([])
+    assert alignment_matrix(model, empty, tokenizer).shape == (0, 0)
+    audit = alignment_audit(model, empty, tokenizer)
+    assert audit["matrix"] == [] and audit["n"] == 0 and audit["n_forget"] == 0 and math.isnan(audit["gap"])
+
+
+def test_gap_over_a_single_row_and_in_float64():
+    matrix = torch.tensor([[0.9, 0.1], [0.3, 0.8]])
+    assert alignment_gap(matrix, rows=1) == pytest.approx(0.8)  # 0.9 - 0.1
+    # float16 would round 1 + 2**-11 to 1 and give 0.5; the gap is taken in float64
+    half = torch.tensor([[1.0, 0.0], [0.0, 2**-11]], dtype=torch.float16)
+    assert alignment_gap(half) == 0.5 + 2**-12
+
+
+def test_contrast_audit_keeps_the_seeded_pairs_grouped_by_caption():
+    # seed 1 picks forget items [1, 2, 5] of 6 and contrast items [0, 2, 4] of 5 (seed 0: [2, 3, 5], [0, 1, 4])
+    forget = _concept_dataset("forget", 0, ["a bag.", "a shirt.", "a coat.", "a bag.", "a bag.", "a bag."])
+    retain = _concept_dataset("retain", 6, ["a sock.", "a hat.", "a dress.", "a hat.", "a belt."])
+    texts = ["a bag.", "a shirt.", "a coat.", "a sock.", "a hat.", "a dress.", "a belt."]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(11, 4, generator=generator, dtype=torch.float64)
+    captions = torch.randn(7, 4, generator=generator, dtype=torch.float64)
+    model, tokenizer = fake_model(EUCLIDEAN, images, captions), FakeTokenizer(texts)
+    audit = alignment_audit(model, forget, tokenizer, max_pairs=6, seed=1, contrast=retain)
+    assert audit["ids"] == ["forget/5", "forget/2", "forget/1", "retain/4", "retain/2", "retain/0"]
+    assert audit["captions"] == ["a bag.", "a coat.", "a shirt.", "a belt.", "a dress.", "a sock."]
+    expected = _cosine(images[[5, 2, 1, 10, 8, 6]], captions[[0, 2, 1, 6, 5, 3]])
+    torch.testing.assert_close(torch.tensor(audit["matrix"], dtype=torch.float64), expected)
+    # max_pairs = 2: one forget pair and one contrast pair
+    small = alignment_audit(model, forget, tokenizer, max_pairs=2, seed=1, contrast=retain)
+    assert small["n"] == 2 and small["n_forget"] == 1

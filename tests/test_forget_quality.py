@@ -120,6 +120,19 @@ def test_zero_chunks_raise():
         distinguishability([1.0], [2.0], chunks=0)
 
 
+def test_one_chunk_of_the_whole_retain_set():
+    # one chunk of size 2 = all of D_r: pairs with r > f are 2 (r = 1.5) + 3 (r = 2.5) of 6
+    assert distinguishability([0.0, 1.0, 2.0], [1.5, 2.5], chunks=1, seed=3) == {
+        "auc": pytest.approx(5 / 6), "auc_std": 0.0, "chunks": 1, "chunk_size": 2}
+
+
+def test_default_seed_is_zero():
+    rng = np.random.default_rng(2)
+    forget, retain = rng.normal(size=5), rng.normal(size=200)
+    assert distinguishability(forget, retain) == distinguishability(forget, retain, seed=0)
+    assert distinguishability(forget, retain) != distinguishability(forget, retain, seed=1)
+
+
 def test_ks_of_identical_and_disjoint_samples():
     identical = forget_quality([0.1, 0.2, 0.3], torch.tensor([0.3, 0.1, 0.2], dtype=torch.float64))
     assert identical == {"ks_statistic": 0.0, "ks_pvalue": 1.0}
@@ -154,7 +167,57 @@ def test_pair_scores_are_negative_geodesic_distances_for_lorentz():
 
 def test_pair_scores_of_empty_data():
     model, splits, tokenizer = _toy(EUCLIDEAN, forgot=False)
-    assert pair_scores(model, splits.forget.subset([]), tokenizer).shape == (0,)
+    scores = pair_scores(model, splits.forget.subset([]), tokenizer)
+    assert scores.shape == (0,) and scores.dtype == torch.float64
+
+
+def _batch_sizes(model) -> list[tuple[str, int]]:
+    """Wrap the encoders of ``model`` to record ``(encoder, batch size)`` of every call."""
+    calls = []
+    for name in ("encode_image", "encode_text"):
+        encode = getattr(model, name)
+        setattr(model, name, lambda batch, encode=encode, name=name: calls.append((name, len(batch))) or encode(batch))
+    return calls
+
+
+def test_images_and_captions_are_encoded_in_batches_of_batch_size():
+    model, splits, tokenizer = _toy(EUCLIDEAN, forgot=False)
+    calls = _batch_sizes(model)
+    pair_scores(model, splits.forget, tokenizer, batch_size=7)  # 20 images with 20 distinct captions
+    assert sorted(calls) == [("encode_image", 6), *[("encode_image", 7)] * 2, ("encode_text", 6),
+                             *[("encode_text", 7)] * 2]
+    calls.clear()
+    forget_quality_metrics(model, splits, tokenizer, batch_size=7)  # D_f, then 100 of D_r
+    assert max(size for _, size in calls) == 7 and sum(size for name, size in calls if name == "encode_image") == 120
+
+
+def test_default_batch_size_is_500():
+    n = 503
+    data = PairDataset(name="same", images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x", "x.")] * n,
+                       concepts=[frozenset()] * n, labels=torch.full((n,), -1), ids=[f"same/{i}" for i in range(n)],
+                       class_names=())
+    model = fake_model(EUCLIDEAN, torch.ones(1, 2), torch.ones(1, 2))
+    calls = _batch_sizes(model)
+    assert pair_scores(model, data, FakeTokenizer(["x."])).tolist() == pytest.approx([1.0] * n)
+    assert calls == [("encode_text", 1), ("encode_image", 500), ("encode_image", 3)]
+    calls.clear()
+    splits = UnlearningSplits(request=UnlearningRequest(sample_ids=tuple(data.ids[2:])),
+                              forget=data.subset(range(2, n)), retain=data.subset([0, 1]), test_forget=data,
+                              test_retain=data, forget_classes=(), retain_classes=())
+    forget_quality_metrics(model, splits, FakeTokenizer(["x."]))  # the 501 D_f images, then both of D_r
+    assert [size for name, size in calls if name == "encode_image"] == [500, 1, 2]
+
+
+def test_forget_quality_metrics_score_a_seeded_sample_of_the_retain_set():
+    model, splits, tokenizer = _toy(EUCLIDEAN, forgot=False)
+    # two chunks of |D_f| = 20 need 40 of the 100 D_r items, drawn with default_rng(seed)
+    metrics, forget_scores = forget_quality_metrics(model, splits, tokenizer, seed=3, chunks=2)
+    sample = np.sort(np.random.default_rng(3).choice(N_RETAIN, size=2 * N_FORGET, replace=False))
+    retain_scores = pair_scores(model, splits.retain.subset(torch.from_numpy(sample)), tokenizer)
+    expected = distinguishability(forget_scores, retain_scores, chunks=2, seed=3)
+    assert metrics == {"distinguishability": expected["auc"], "distinguishability_std": expected["auc_std"]}
+    default = forget_quality_metrics(model, splits, tokenizer, chunks=2)[0]
+    assert default == forget_quality_metrics(model, splits, tokenizer, seed=0, chunks=2)[0] != metrics
 
 
 # --------------------------------------------------------------------------- forgot vs did not

@@ -201,3 +201,119 @@ def test_diagnostics_run_on_an_untrained_tiny_meru():
     path = image_traversal(model, data.image_batch([0])[0], {"bag": ["a photo of a bag."], "top": "a top."},
                            tokenizer, steps=5)
     assert path[-1] == ROOT and set(path) <= {"bag", "top", ROOT}
+
+
+# --------------------------------------------------------------------------- edge cases and conventions
+
+
+def test_distance_to_origin_by_level_averages_the_distinct_captions_of_each_level():
+    c = 1.0
+    # tangent radius r on the x axis lies at distance r from the origin (c = 1)
+    texts = lorentz.exp_map0(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], dtype=D), c)
+    images = lorentz.exp_map0(torch.tensor([[4.0, 0.0], [0.0, 5.0], [6.0, 0.0]], dtype=D), c)
+    data = _dataset(["x.", "x.", "y."], [0, 0, 1])  # no hierarchy: levels are named level0, level1
+    model = fake_model(LORENTZ, images, texts, c)
+    result = distance_to_origin_by_level(model, data, FakeTokenizer(["generic.", "x.", "y."]))
+    # level1 holds "x." (2) and "y." (3) once each, however often they occur
+    assert result == pytest.approx({"level0": 1.0, "level1": 2.5, "images": 5.0})
+    assert list(result) == ["level0", "level1", "images"]
+
+
+def test_a_single_pair_is_measured():
+    model, data, tokenizer = _entailment_setup([1.0])
+    assert entailment_rate(model, data, tokenizer) == 1.0
+    assert distance_to_origin_by_concept(model, data, tokenizer) == pytest.approx({"a": 3.0})
+    model, data, tokenizer = _entailment_setup([-1.0])
+    assert entailment_rate(model, data, tokenizer) == 0.0
+    assert math.isnan(entailment_rate(model, data.subset([]), tokenizer))
+    assert distance_to_origin_by_concept(model, data.subset([]), tokenizer) == {}
+
+
+def _boundary_caption(c: float) -> torch.Tensor:
+    """A caption (1, 2) on the x axis whose half-aperture equals, to the last bit, the exterior angle
+    of any point further out on the axis (``acos(1 - EPS)``, where the cosine clamps): such points
+    lie exactly on the cone boundary. Found by bisection: the aperture decreases with the radius."""
+    target = torch.acos(torch.tensor(1 - lorentz.EPS, dtype=D)).item()
+    lo, hi = 1000.0, 2000.0
+    while (mid := (lo + hi) / 2) not in (lo, hi):
+        aperture = lorentz.half_aperture(torch.tensor([[mid, 0.0]], dtype=D), c).item()
+        lo, hi = (mid, hi) if aperture >= target else (lo, mid)
+    caption = torch.tensor([[lo, 0.0]], dtype=D)
+    assert lorentz.half_aperture(caption, c).item() == target
+    return caption
+
+
+def test_an_image_exactly_on_the_cone_boundary_is_entailed():
+    c = 1.0
+    caption = _boundary_caption(c)
+    images = caption * torch.tensor([[1.5], [3.0]], dtype=D)
+    angles = lorentz.exterior_angle(caption.expand(2, 2), images, c)
+    assert torch.equal(angles, lorentz.half_aperture(caption, c).expand(2))
+    data = _dataset(["caption 0."] * 2, [0, 0])
+    model = fake_model(LORENTZ, images, caption, c)
+    assert entailment_rate(model, data, FakeTokenizer(["caption 0."])) == 1.0  # ext <= aper, not <
+
+
+def test_traversal_image_formats_and_path_ends():
+    model, tokenizer = _traversal_model()
+    # two steps are enough: the image itself and the origin
+    assert image_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=2) == ["sneaker", ROOT]
+    # (C, H, W) with three channels; pixel value 1 / 255 is image 1, on the y axis
+    assert image_traversal(model, torch.full((3, 2, 2), 1 / 255), PROMPTS, tokenizer) == ["bag", ROOT]
+    # uint8 255 is scaled to 1.0: image 255 (on the x axis), not 254 (at the origin)
+    images = torch.zeros(256, 2, dtype=D)
+    images[255] = lorentz.exp_map0(torch.tensor([4.0, 0.0], dtype=D), 1.0)
+    far = fake_model(LORENTZ, images, model.encode_text(torch.arange(5)[:, None]), 1.0)
+    assert image_traversal(far, torch.full((1, 2, 2), 255, dtype=torch.uint8), PROMPTS, tokenizer) == [
+        "sneaker", "footwear", ROOT]
+
+
+def test_traversal_starts_at_the_image_not_beyond_it():
+    # "beyond" sits on the x axis further out (tangent radius 6) than image 0 (radius 4)
+    model, tokenizer = _traversal_model()
+    beyond = lorentz.exp_map0(torch.tensor([[6.0, 0.0]], dtype=D), 1.0)
+    model = fake_model(LORENTZ, model.encode_image(torch.zeros(1, 1, 2, 2)), beyond, 1.0)
+    assert image_traversal(model, torch.zeros(1, 2, 2), {"beyond": "beyond"}, FakeTokenizer(["beyond"])) == [ROOT]
+
+
+def test_traversal_accepts_text_embeddings_of_another_dtype():
+    model, tokenizer = _traversal_model()
+    texts = model.encode_text(torch.arange(5)[:, None]).to(torch.float32)
+    mixed = fake_model(LORENTZ, model.encode_image(torch.zeros(2, 1, 2, 2)), texts, 1.0)
+    assert image_traversal(mixed, torch.zeros(1, 2, 2), PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
+
+
+def _band_model(radius: float):
+    """Image 0 on the x axis at tangent radius ``radius``; two captions near the origin, 0.3 rad off
+    the axis, whose wide cones take in the axis beyond about 0.157 ("band") and 0.159 ("outer").
+    Walking in from far out, a point is "outer" beyond about 0.1592, "band" down to about 0.1571,
+    then the origin's."""
+    texts = lorentz.exp_map0(torch.stack([r * _unit(0.3) for r in (0.152, 0.15)]), 1.0)
+    image = lorentz.exp_map0(torch.tensor([[radius, 0.0]], dtype=D), 1.0)
+    return fake_model(LORENTZ, image, texts, 1.0)
+
+
+BAND = {"outer": "outer", "band": "band"}
+
+
+def _band_walk(radius: float, steps: int | None = None) -> list[str]:
+    kwargs = {} if steps is None else {"steps": steps}
+    return image_traversal(_band_model(radius), torch.zeros(1, 2, 2), BAND, FakeTokenizer(list(BAND)), **kwargs)
+
+
+def test_traversal_takes_50_steps_by_default():
+    # the band (0.1571, 0.1592) holds the 51-step point 0.5 * 0.3163 but no 50-step point (24/49, 25/49 of it)
+    assert _band_walk(0.3163, steps=51) == ["outer", "band", ROOT]
+    assert _band_walk(0.3163) == _band_walk(0.3163, steps=50) == ["outer", ROOT]
+
+
+def test_traversal_path_is_sampled_in_the_embeddings_dtype():
+    # the band's outer edge, to 1e-11, from walks of two steps (the image itself, then the origin)
+    lo, hi = 0.158, 0.16
+    while hi - lo > 1e-11:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if _band_walk(mid, steps=2)[0] == "outer" else (mid, hi)
+    # with 4 steps the third point is at s = 1/3; float32 weights would put it 1e-8 further out, beyond the band
+    s64, s32 = 1 / 3, torch.linspace(1.0, 0.0, 4, dtype=torch.float32)[2].item()
+    assert s32 - s64 > 5e-9
+    assert _band_walk(lo / ((s64 + s32) / 2), steps=4) == ["outer", "band", ROOT]

@@ -196,3 +196,32 @@ def test_traversal_examples_walk_the_first_images_up_their_branch():
     euclid, tokenizer = _model(EUCLIDEAN, tangents, images)
     with pytest.raises(ValueError, match="hyperbolic"):
         traversal_examples(euclid, _dataset(["zero"]), tokenizer)
+
+
+@pytest.mark.parametrize("geometry", [EUCLIDEAN, LORENTZ])
+def test_nearest_concepts_accepts_text_embeddings_of_another_dtype(geometry):
+    landed = ["zero", "even", "one"]
+    model, tokenizer = _axes_model(geometry, torch.stack([_axis(name) for name in landed]))
+    texts = model.encode_text(torch.arange(len(TEXTS))[:, None]).to(torch.float32)
+    images = model.encode_image(torch.arange(3).view(3, 1, 1, 1) / 255)
+    mixed = fake_model(geometry, images, texts, None if geometry is EUCLIDEAN else C)
+    assert nearest_concepts(mixed, _dataset(["zero"] * 3), tokenizer) == landed
+
+
+def test_traversal_examples_default_to_three_images_and_50_steps():
+    """"zero" and "even" sit 0.3 rad off the +x axis near the origin (tangent radius 0.152 and 0.15,
+    c = 1): their wide cones take in the +x axis beyond about 0.159 ("zero", nearer) and 0.157
+    ("even"). Every image lies at 0.3163 on +x, so the path meets "even" only in the band
+    (0.1571, 0.1592): at s = 1/2 with 51 steps, but at no s = k/49. The other concepts sit at -2.5
+    on the x axis, where no cone reaches the path."""
+    unit = torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=D)
+    tangents = torch.tensor([-2.5, 0.0], dtype=D).repeat(len(NAMES), 1)
+    tangents[NAMES.index("zero")], tangents[NAMES.index("even")] = 0.152 * unit, 0.15 * unit
+    rows = [k for k, name in enumerate(NAMES) for _ in PROMPTS[name]]
+    images = lorentz.exp_map0(torch.tensor([[0.3163, 0.0]], dtype=D), 1.0).expand(4, 2)
+    model = fake_model(LORENTZ, images, lorentz.exp_map0(tangents, 1.0)[rows], 1.0)
+    data, tokenizer = _dataset(["zero", "two", "four", "six"]), FakeTokenizer(TEXTS)
+    result = traversal_examples(model, data, tokenizer)
+    assert result == [{"id": f"toy/{i}", "path": ["zero", ROOT]} for i in range(3)]
+    assert traversal_examples(model, data, tokenizer, count=1, steps=51) == [
+        {"id": "toy/0", "path": ["zero", "even", ROOT]}]

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from vlunlearn.data import Tokenizer, load_builtin
+from tests.fakes import fake_model
 from vlunlearn.evaluation.memo import MemoEncoder, image_keys, token_keys
 from vlunlearn.evaluation.retrieval import retrieval_metrics
 from vlunlearn.evaluation.zero_shot import evaluate_zero_shot
+from vlunlearn.geometry import EUCLIDEAN
 from vlunlearn.models import build_model
 
 GEOMETRIES = ("euclidean", "lorentz")
@@ -45,6 +47,8 @@ def spy(model, name: str, monkeypatch) -> list[int]:
 
 
 def test_token_keys_strip_only_trailing_padding():
+    assert token_keys(torch.tensor([[5, 7, 1]])) == [(5, 7, 1)]
+    assert token_keys(torch.tensor([[3, 4, 0]])) == [(3, 4)]
     rows = torch.tensor([[5, 0, 7, 0, 0], [5, 0, 7, 0, 0], [0, 0, 0, 0, 0]])
     assert token_keys(rows) == [(5, 0, 7), (5, 0, 7), ()]
     assert token_keys(rows[:, :3]) == token_keys(rows)[:2] + [()]
@@ -160,3 +164,12 @@ def test_metrics_through_the_memo_are_unchanged(model, monkeypatch):
     sizes = spy(model, "encode_image", monkeypatch)
     assert evaluate_zero_shot(memo, data, tokenizer) == expected[1]
     assert sizes == [] and memo.hits >= 60  # the 60 images were encoded once, by retrieval
+
+
+def test_a_model_without_a_training_flag_is_accepted_and_empty_batches_pass_through():
+    table = torch.arange(6, dtype=torch.float64).view(3, 2)
+    memo = MemoEncoder(fake_model(EUCLIDEAN, table, table))  # a plain namespace: no .training
+    assert torch.equal(memo.encode_text(torch.tensor([[2], [0]])), table[[2, 0]])
+    empty = memo.encode_text(torch.zeros(0, 4, dtype=torch.long))
+    assert empty.shape == (0, 2) and empty.dtype == torch.float64
+    assert (memo.misses, memo.hits) == (2, 0)

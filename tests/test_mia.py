@@ -14,10 +14,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from scipy.stats import bootstrap
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from vlunlearn.data import PairDataset
 from vlunlearn.evaluation.mia import (
     FEATURE_NAMES,
+    balanced_indices,
     calibrated_attack,
     membership_features,
     membership_inference,
@@ -93,6 +99,54 @@ def test_scores_refuse_bad_inputs():
         score_attack([0.5, np.nan], [0.1, 0.2])
 
 
+def test_score_errors_name_the_bad_side():
+    with pytest.raises(ValueError, match="^member scores must be 1-d with at least 2 values"):
+        score_attack([0.5], [0.1, 0.2])
+    with pytest.raises(ValueError, match="^non-member scores must be 1-d"):
+        score_attack([0.1, 0.2], [[0.5], [0.6]])
+    with pytest.raises(ValueError, match="^member scores must be 1-d"):
+        score_attack([[0.5, 0.6], [0.7, 0.8]], [0.1, 0.2])
+    with pytest.raises(ValueError, match="^member scores contain NaN"):
+        score_attack([0.5, None], [0.1, 0.2])  # a missing score counts as NaN
+    with pytest.raises(ValueError, match="^non-member scores contain NaN"):
+        score_attack([0.5, 0.6], [0.1, np.inf])
+
+
+def test_the_interval_is_the_percentile_bootstrap_of_the_auc():
+    rng = np.random.default_rng(5)
+    members, nonmembers = rng.normal(0.3, 1.0, 10), rng.normal(0.0, 1.0, 8)
+
+    def auc(member, nonmember):  # the share of (member, non-member) pairs ordered right, ties half
+        return (member[:, None] > nonmember[None, :]).mean() + 0.5 * (member[:, None] == nonmember[None, :]).mean()
+
+    interval = bootstrap((members, nonmembers), auc, n_resamples=200, vectorized=False, method="percentile",
+                         rng=np.random.default_rng(7)).confidence_interval
+    result = score_attack(members, nonmembers, seed=7, resamples=200)
+    assert (result["auc_low"], result["auc_high"]) == pytest.approx((interval.low, interval.high))
+    assert result["auc"] == pytest.approx(auc(members, nonmembers))
+    # all members above all non-members: every resample has AUC 1
+    assert score_attack([0.9, 0.8, 0.7], [0.2, 0.1], resamples=50)["auc_low"] == 1.0
+
+
+def test_score_attack_defaults_to_seed_0_and_1000_resamples():
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0.3, 1.0, 30), rng.normal(0.0, 1.0, 20)
+    assert score_attack(members, nonmembers) == score_attack(members, nonmembers, seed=0, resamples=1000)
+
+
+def test_a_probability_of_exactly_one_half_predicts_a_non_member():
+    # members 0.7, 0.9 called members, 0.5 not; both non-members called non-members
+    result = score_attack([0.5, 0.7, 0.9], [0.5, 0.2], resamples=20)
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_tpr_at_1_fpr_keeps_collinear_points_of_the_roc_curve():
+    # one member and one non-member tied at each of 0.9, 0.8, 0.7: the ROC points (FPR, TPR) =
+    # (1/200, 1/5), (2/200, 2/5), (3/200, 3/5) lie on a line, and the one at FPR 0.01 counts
+    members, nonmembers = [0.9, 0.8, 0.7, 0.05, 0.05], [0.9, 0.8, 0.7] + [0.1] * 197
+    assert score_attack(members, nonmembers, resamples=20)["tpr_at_1_fpr"] == pytest.approx(2 / 5)
+
+
 # --------------------------------------------------------------------------- membership_inference
 
 
@@ -150,6 +204,71 @@ def test_too_few_examples_and_bad_inputs_raise():
         membership_inference(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), folds=1)
 
 
+@pytest.mark.parametrize("folds", [1, 3.0, True, "5"])
+def test_folds_must_be_an_int_of_at_least_2(folds):
+    with pytest.raises(ValueError, match="folds must be an int >= 2"):
+        membership_inference(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), folds=folds)
+
+
+def test_feature_errors_name_the_bad_set():
+    good, bad = _gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1)
+    bad[3, 0] = np.inf
+    with pytest.raises(ValueError, match="^member features contain NaN"):
+        membership_inference(bad, good)
+    with pytest.raises(ValueError, match="^non-member features contain NaN"):
+        membership_inference(good, bad)
+    missing = good.tolist()
+    missing[0][1] = None  # a missing feature counts as NaN
+    with pytest.raises(ValueError, match="^member features contain NaN"):
+        membership_inference(missing, good)
+    with pytest.raises(ValueError, match=r"^non-member features must be \(N, F\)"):
+        membership_inference(good, good[:, :, None])
+    with pytest.raises(ValueError, match="different numbers of features"):
+        membership_inference(good, good[:, :2])
+    names = ["reference member", "reference non-member", "member", "non-member"]
+    for position, name in enumerate(names):
+        sets = [good] * 4
+        sets[position] = bad
+        with pytest.raises(ValueError, match=f"^{name} features contain NaN"):
+            calibrated_attack(*sets)
+        sets[position] = good[:, :2]
+        with pytest.raises(ValueError, match="different numbers of features"):
+            calibrated_attack(*sets)
+
+
+def test_a_1d_input_is_one_feature():
+    members, nonmembers = _gaussian(20, 1.0, 30, dims=1), _gaussian(20, 0.0, 31, dims=1)
+    as_columns = membership_inference(members, nonmembers, resamples=50)
+    assert membership_inference(members[:, 0], torch.from_numpy(nonmembers[:, 0]), resamples=50) == as_columns
+
+
+def test_only_the_larger_group_is_subsampled():
+    members, nonmembers = balanced_indices(3, 10, 2, seed=4)
+    assert members.tolist() == [0, 1, 2]
+    assert nonmembers.tolist() == np.sort(np.random.default_rng(4).choice(10, size=3, replace=False)).tolist()
+    members, nonmembers = balanced_indices(10, 3, 2, seed=4)
+    assert members.tolist() == np.sort(np.random.default_rng(4).choice(10, size=3, replace=False)).tolist()
+    assert nonmembers.tolist() == [0, 1, 2]
+
+
+def test_membership_inference_scores_out_of_fold_probabilities():
+    members, nonmembers = _gaussian(12, 0.5, 32), _gaussian(12, 0.0, 33)
+    x, y = np.concatenate([members, nonmembers]), np.r_[np.ones(12, dtype=int), np.zeros(12, dtype=int)]
+    attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    folds = StratifiedKFold(n_splits=4, shuffle=True, random_state=3)
+    probability = cross_val_predict(attacker, x, y, cv=folds, method="predict_proba")[:, 1]
+    expected = score_attack(probability[:12], probability[12:], seed=3, resamples=50)
+    expected["accuracy"] = float(((probability > 0.5) == (y == 1)).mean())
+    assert membership_inference(members, nonmembers, folds=4, seed=3, resamples=50) == pytest.approx(expected)
+
+
+def test_membership_inference_defaults():
+    members, nonmembers = _gaussian(30, 0.3, 34), _gaussian(20, 0.0, 35)
+    assert membership_inference(members, nonmembers) == membership_inference(members, nonmembers, folds=5, seed=0,
+                                                                            resamples=1000)
+    assert membership_inference(members, nonmembers, folds=2, resamples=50)["members"] == 20
+
+
 # --------------------------------------------------------------------------- calibrated_attack
 
 
@@ -177,6 +296,33 @@ def test_calibrated_attack_uses_the_reference_direction():
                              _gaussian(50, 0.0, 19, dims=1)) == result
 
 
+def test_calibrated_attack_is_the_reference_attacker_scored_on_the_targets():
+    reference = _gaussian(30, 1.0, 22), _gaussian(30, 0.0, 23)
+    targets = _gaussian(20, 1.0, 24), _gaussian(20, 0.0, 25)
+    attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    attacker.fit(np.concatenate(reference), np.r_[np.ones(30, dtype=int), np.zeros(30, dtype=int)])
+    probabilities = [attacker.predict_proba(target)[:, 1] for target in targets]
+    assert calibrated_attack(*reference, *targets) == pytest.approx(score_attack(*probabilities))
+    assert calibrated_attack(*reference, *targets, seed=4, resamples=60) == pytest.approx(
+        score_attack(*probabilities, seed=4, resamples=60))
+
+
+def test_calibrated_attack_subsampling_is_seeded():
+    sets = _gaussian(50, 1.0, 26), _gaussian(30, 0.0, 27), _gaussian(25, 1.0, 28), _gaussian(40, 0.0, 29)
+    result = calibrated_attack(*sets, seed=2, resamples=50)
+    assert result["members"] == result["nonmembers"] == 25
+    assert calibrated_attack(*sets, seed=2, resamples=50) == result
+
+
+@pytest.mark.parametrize("position", range(4))
+def test_calibrated_attack_needs_two_examples_in_every_set(position):
+    sets = [_gaussian(2, 0.0, k) for k in range(4)]
+    assert calibrated_attack(*sets, resamples=20)["members"] == 2
+    sets[position] = sets[position][:1]
+    with pytest.raises(ValueError, match="the calibrated attack needs at least 2 examples in each set"):
+        calibrated_attack(*sets)
+
+
 def test_calibrated_attack_refuses_bad_inputs():
     with pytest.raises(ValueError, match="at least 2"):
         calibrated_attack(_gaussian(10, 0.0, 0), _gaussian(10, 0.0, 1), _gaussian(1, 0.0, 2), _gaussian(10, 0.0, 3))
@@ -188,11 +334,14 @@ def test_calibrated_attack_refuses_bad_inputs():
 # --------------------------------------------------------------------------- features on fake models
 
 
-def _dataset(captions: list[str], name: str = "toy", offset: int = 0) -> PairDataset:
-    """Item i's image stores ``offset + i``, which the fake encoder reads back as its index."""
+def _dataset(captions: list[str], name: str = "toy", offset: int = 0, image_index: list[int] | None = None
+             ) -> PairDataset:
+    """Item i's image stores ``offset + i`` (or ``image_index[i]``), which the fake encoder reads back
+    as its index."""
     n = len(captions)
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
-    images[:, 0, 0, 0] = torch.arange(offset, offset + n, dtype=torch.uint8)
+    index = range(offset, offset + n) if image_index is None else image_index
+    images[:, 0, 0, 0] = torch.tensor(index, dtype=torch.uint8)
     return PairDataset(name=name, images=images, captions=[(c,) for c in captions], concepts=[set() for _ in captions],
                        labels=torch.full((n,), -1), ids=[f"{name}/{i}" for i in range(n)], class_names=())
 
@@ -265,6 +414,13 @@ def test_features_do_not_depend_on_the_rest_of_the_set():
         membership_features(model, _dataset(["a", "b"]), tokenizer, ["a"])
 
 
+def test_features_of_no_pairs():
+    eye = torch.eye(2)
+    model, tokenizer = _fake_model(eye, {"a": eye[0], "b": eye[1]})
+    features = membership_features(model, _dataset(["a", "b"]).subset([]), tokenizer)
+    assert features.shape == (0, len(FEATURE_NAMES)) and features.dtype == torch.float64
+
+
 def test_rank_counts_identical_captions_as_the_true_caption():
     eye = torch.eye(2)
     captions = ["cat", "cat", "dog"]
@@ -313,16 +469,16 @@ def test_mia_metrics_separates_aligned_members_from_unaligned_nonmembers():
         mia_metrics(model, members, nonmembers.subset(range(4)), tokenizer)
 
 
-def _aligned_sets(aligned: list[bool], n: int = 40, dims: int = 16):
+def _aligned_sets(aligned: list[bool], n: int = 40, dims: int = 16, noise: float = 0.3):
     """One fake model and four datasets of ``n`` pairs with distinct captions; set k's images
-    are its captions' embeddings plus a little noise where ``aligned[k]``, unrelated otherwise."""
+    are its captions' embeddings plus ``noise`` times Gaussian noise where ``aligned[k]``, unrelated otherwise."""
     generator = torch.Generator().manual_seed(4)
     text = torch.randn(len(aligned) * n, dims, generator=generator)
     images = torch.randn(len(aligned) * n, dims, generator=generator)
     for k, is_aligned in enumerate(aligned):
         if is_aligned:
             rows = slice(k * n, (k + 1) * n)
-            images[rows] = text[rows] + 0.3 * torch.randn(n, dims, generator=generator)
+            images[rows] = text[rows] + noise * torch.randn(n, dims, generator=generator)
     captions = [f"c{i}" for i in range(len(aligned) * n)]
     model, tokenizer = _fake_model(images, {c: text[i] for i, c in enumerate(captions)})
     sets = [_dataset(captions[k * n:(k + 1) * n], f"set{k}", offset=k * n) for k in range(len(aligned))]
@@ -350,8 +506,71 @@ def test_mia_metrics_calibrated_attack_on_a_fake_model():
     capped = mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain,
                          reference_nonmembers=test_retain, resamples=50, max_pairs=20)
     assert capped["mia_members"] == capped["mia_calibrated_members"] == 20
+    assert mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain,
+                       reference_nonmembers=test_retain, resamples=50, max_pairs=20) == capped
     with pytest.raises(ValueError, match="both"):
         mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain)
+
+
+def _batch_sizes(model, encoder: str = "encode_image") -> list[int]:
+    """Wrap ``model.<encoder>`` to record the batch size of every call."""
+    calls, encode = [], getattr(model, encoder)
+    setattr(model, encoder, lambda batch: calls.append(len(batch)) or encode(batch))
+    return calls
+
+
+def test_mia_metrics_featurise_all_sets_against_one_gallery_then_attack():
+    # weakly aligned members, so that no score saturates at 0 or 1
+    model, tokenizer, sets = _aligned_sets([True, False, True, False], n=12, noise=4.0)
+    gallery = sorted(caption for data in sets for caption in data.canonical_captions())
+    features = [membership_features(model, data, tokenizer, gallery) for data in sets]
+    images, texts = _batch_sizes(model), _batch_sizes(model, "encode_text")
+    result = mia_metrics(model, sets[0], sets[1], tokenizer, seed=3, folds=4, batch_size=5, resamples=40,
+                         reference_members=sets[2], reference_nonmembers=sets[3])
+    assert max(images) == max(texts) == 5 and sum(images) == 48
+    assert 0.55 < result["mia_auc"] < 0.95 and 0.55 < result["mia_calibrated_auc"] < 0.95, result
+    expected = {f"mia_{key}": value
+                for key, value in membership_inference(*features[:2], folds=4, seed=3, resamples=40).items()}
+    calibrated = calibrated_attack(*features[2:], *features[:2], seed=3, resamples=40)
+    expected.update({f"mia_calibrated_{key}": value for key, value in calibrated.items()})
+    assert result == pytest.approx(expected)
+
+
+def test_mia_metrics_defaults():
+    model, tokenizer, sets = _aligned_sets([True, False], n=12, noise=4.0)
+    explicit = mia_metrics(model, *sets, tokenizer, seed=0, folds=5, batch_size=256, resamples=1000, max_pairs=1000)
+    assert mia_metrics(model, *sets, tokenizer) == explicit
+
+
+@pytest.mark.parametrize("max_pairs", [0, -3, 2.5, True, "10"])
+def test_max_pairs_must_be_a_positive_int(max_pairs):
+    model, tokenizer, sets = _aligned_sets([True, False], n=6)
+    with pytest.raises(ValueError, match="max_pairs must be an int >= 1"):
+        mia_metrics(model, *sets, tokenizer, max_pairs=max_pairs)
+
+
+def test_one_pair_a_side_is_a_valid_cap_that_the_attack_refuses():
+    model, tokenizer, sets = _aligned_sets([True, False], n=6)
+    with pytest.raises(ValueError, match="at least 2 examples per class"):
+        mia_metrics(model, *sets, tokenizer, folds=2, max_pairs=1)
+
+
+def test_mia_metrics_default_to_1000_pairs_encoded_256_at_a_time():
+    n, eye = 1001, torch.eye(8)
+    captions = [f"c{k}" for k in range(8)]
+    model, tokenizer = _fake_model(eye, {c: eye[k] for k, c in enumerate(captions)})
+    members = _dataset([captions[i % 4] for i in range(n)], "forget", image_index=[i % 4 for i in range(n)])
+    # non-members show the image of another member caption, unrelated to their own caption
+    nonmembers = _dataset([captions[4 + i % 4] for i in range(n)], "test",
+                          image_index=[(i + 1) % 4 for i in range(n)])
+    calls = _batch_sizes(model)
+    assert membership_features(model, members, tokenizer).shape == (n, len(FEATURE_NAMES))
+    assert calls == [256, 256, 256, 233]
+    calls.clear()
+    result = mia_metrics(model, members, nonmembers, tokenizer, resamples=20)
+    assert result["mia_members"] == result["mia_nonmembers"] == 1000
+    assert result["mia_auc"] == pytest.approx(1.0)
+    assert calls == [256, 256, 256, 232] * 2
 
 
 def test_a_model_trained_on_its_members_is_detected_and_one_that_never_saw_them_is_not():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import sys
 import threading
 import time
 
@@ -121,6 +122,7 @@ def _sampler_running() -> bool:
 def test_consecutive_blocks_report_their_own_peak():
     with peak_memory() as first:
         assert isinstance(first, PeakMemory) and first.cpu_bytes is None  # filled on exit
+        time.sleep(0.02)  # several sampling intervals: the sampler runs until the block exits
         assert _sampler_running()
         block = _touched(200 * MB)
     block.close()
@@ -167,3 +169,93 @@ def test_peak_memory_falls_back_to_the_rise_of_max_rss(monkeypatch):
         pass
     assert grew.cpu_sampled is False and (grew.cpu_start_bytes, grew.cpu_bytes) == (300 * MB, 40 * MB)
     assert below_the_old_peak.cpu_bytes == 0  # the lifetime peak did not rise: a lower bound of 0
+
+
+def test_as_number_refuses_bools():
+    assert oracle.as_number(True) is None and oracle.as_number(False) is None and oracle.as_number(None) is None
+    assert oracle.as_number(1) == 1.0 and oracle.as_number("0.5") == 0.5 and oracle.as_number("x") is None
+    assert oracle_gap({"mia_auc": True}, {"mia_auc": 0.5}) == {"mean": pytest.approx(math.nan, nan_ok=True)}
+
+
+def test_cost_record_accepts_zero_and_short_reference_times():
+    assert cost_record(0.0, 0, None, 10.0)["ratio_to_reference"] == 0.0
+    assert cost_record(0.25, 3, 7, 0.5)["ratio_to_reference"] == 0.5
+
+
+def test_peak_bytes_prefers_the_cuda_peak():
+    assert PeakMemory(cpu_bytes=1, cuda_bytes=5).peak_bytes == 5
+    assert PeakMemory(cpu_bytes=1).peak_bytes == 1
+
+
+def _status_kilobytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+@pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm")
+def test_current_rss_is_the_resident_set_size_and_sampled_in_a_daemon_thread():
+    # VmRSS counts every resident page (anonymous, file and shared memory), as statm's second field
+    assert current_rss_bytes() == pytest.approx(_status_kilobytes("VmRSS") * 1024, abs=4 * MB)
+    with peak_memory():
+        sampler = next(thread for thread in threading.enumerate() if thread.name == SAMPLER_THREAD_NAME)
+        assert sampler.daemon
+
+
+@pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm")
+def test_the_block_starts_from_the_current_rss_not_the_lifetime_peak():
+    _touched(100 * MB).close()  # the lifetime peak is now at least 100 MB above the current RSS
+    now = current_rss_bytes()
+    with peak_memory() as peak:  # the default interval samples a short-lived block too
+        block = _touched(100 * MB)
+        time.sleep(0.05)
+        block.close()
+    assert peak.cpu_start_bytes == pytest.approx(now, abs=4 * MB)
+    assert peak.cpu_bytes == pytest.approx(100 * MB, abs=16 * MB)
+
+
+@pytest.mark.skipif(oracle.resource is None or not sys.platform.startswith("linux"), reason="needs Linux getrusage")
+def test_the_fallback_reads_ru_maxrss_in_bytes(monkeypatch):
+    monkeypatch.setattr(oracle, "current_rss_bytes", lambda: None)
+    low = oracle.resource.getrusage(oracle.resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    with peak_memory() as peak:
+        pass
+    high = oracle.resource.getrusage(oracle.resource.RUSAGE_SELF).ru_maxrss
+    assert peak.cpu_start_bytes % 1024 == 0 and low <= peak.cpu_start_bytes // 1024 <= high
+    assert peak.cpu_start_bytes >= _status_kilobytes("VmRSS") * 1024 - 4 * MB  # a peak, not below the RSS
+    monkeypatch.setattr(oracle.sys, "platform", "darwin")  # macOS reports bytes
+    assert low <= oracle._max_rss_bytes() <= oracle.resource.getrusage(oracle.resource.RUSAGE_SELF).ru_maxrss
+
+
+@pytest.mark.parametrize("readings", [(None, 340 * MB), (300 * MB, None), (None, None)])
+def test_the_fallback_gives_no_figure_without_both_readings(monkeypatch, readings):
+    monkeypatch.setattr(oracle, "current_rss_bytes", lambda: None)
+    monkeypatch.setattr(oracle, "_max_rss_bytes", iter(readings).__next__)
+    with peak_memory() as peak:
+        pass
+    assert peak.cpu_bytes is None and peak.cpu_start_bytes == readings[0] and peak.peak_bytes is None
+
+
+def _fake_cuda(monkeypatch, initialized: bool) -> list[str]:
+    """CUDA available (initialised or not) with a peak counter of 12345 bytes; returns the calls made."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, name=name: calls.append(name))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: calls.append("read") or 12345)
+    return calls
+
+
+def test_the_cuda_peak_is_reset_on_entry_and_read_on_exit(monkeypatch):
+    calls = _fake_cuda(monkeypatch, initialized=True)
+    with peak_memory() as peak:
+        assert calls == ["synchronize", "reset_peak_memory_stats"]
+    assert calls[2:] == ["synchronize", "read"]
+    assert peak.cuda_bytes == peak.peak_bytes == 12345
+
+
+def test_cuda_that_is_not_initialised_is_left_alone(monkeypatch):
+    calls = _fake_cuda(monkeypatch, initialized=False)
+    with peak_memory() as peak:
+        pass
+    assert calls == [] and peak.cuda_bytes is None

@@ -13,6 +13,7 @@ import torch
 from vlunlearn.data import PairDataset
 from vlunlearn.evaluation.retrieval import (
     best_positive_rank,
+    caption_ids,
     caption_positives,
     gallery_positions,
     recall_at_k,
@@ -72,6 +73,23 @@ def test_ties_are_broken_by_gallery_index():
     similarity = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.7, 0.7]])
     positives = torch.tensor([[False, True, False], [False, True, False]])
     assert best_positive_rank(similarity, positives).tolist() == [1, 0]
+    # also in a gallery of 200, where an unstable sort would reorder the ties
+    positives = torch.zeros(4, 200, dtype=torch.bool)
+    positives[torch.arange(4), torch.arange(4) * 50] = True
+    assert best_positive_rank(torch.zeros(4, 200), positives).tolist() == [0, 50, 100, 150]
+
+
+def test_any_non_zero_entry_of_a_non_boolean_mask_is_a_positive():
+    # counts of shared concepts: the best-ranked gallery item sharing any concept is the hit
+    similarity = torch.tensor([[0.9, 0.8, 0.7], [0.1, 0.2, 0.3]])
+    shared = torch.tensor([[0, 1, 2], [3, 0, 0]])
+    assert best_positive_rank(similarity, shared).tolist() == [1, 2]
+    assert best_positive_rank(similarity, shared.to(torch.uint8) * 255).tolist() == [1, 2]
+
+
+def test_no_queries_give_no_ranks():
+    ranks = best_positive_rank(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool))
+    assert ranks.shape == (0,) and ranks.dtype == torch.int64
 
 
 def test_rectangular_input_and_errors():
@@ -89,9 +107,26 @@ def test_rectangular_input_and_errors():
     assert all(math.isnan(v) for v in recall_at_k(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.bool)).values())
 
 
+@pytest.mark.parametrize("ks", [(), (0,), (1, -5), (True,), (1.5,)])
+def test_ks_must_be_positive_ints(ks):
+    with pytest.raises(ValueError, match="ks must be a non-empty sequence of positive ints"):
+        recall_at_k(torch.eye(2), ks=ks)
+
+
+def test_more_queries_than_one_chunk_of_rows():
+    # 1100 queries are ranked in chunks of 1024 rows; query i finds its positive at rank i % 3
+    positives = torch.arange(3)[None, :] == (torch.arange(1100) % 3)[:, None]
+    ranks = best_positive_rank(torch.zeros(1100, 3), positives)
+    assert ranks.tolist() == [i % 3 for i in range(1100)]
+    assert recall_at_k(torch.zeros(1100, 3), positives, ks=(1,)) == {"r1": pytest.approx(100 * 367 / 1100)}
+
+
 def test_caption_positives_is_string_equality():
     mask = caption_positives(["a cat", "a dog", "a cat"])
     assert mask.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    assert caption_ids(["b", "a", "b", "c"]).tolist() == [0, 1, 0, 2]
+    empty = caption_ids([])
+    assert empty.shape == (0,) and empty.dtype == torch.int64
 
 
 # --------------------------------------------------------------------------- retrieval_metrics (fake model)
@@ -99,10 +134,11 @@ def test_caption_positives_is_string_equality():
 _TEXT = {"a cat": [1.0, 0.0, 0.0], "a dog": [0.0, 1.0, 0.0], "a bird": [0.0, 0.0, 1.0]}
 
 
-def _dataset(captions: list[str]) -> PairDataset:
+def _dataset(captions: list[str], image_index: list[int] | None = None) -> PairDataset:
+    """Item i shows image ``image_index[i]`` (default i), the row of the fake encoder's image table."""
     n = len(captions)
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
-    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)  # the image's index, read back by the fake encoder
+    images[:, 0, 0, 0] = torch.tensor(range(n) if image_index is None else image_index, dtype=torch.uint8)
     return PairDataset(name="toy", images=images, captions=[("thing", c) for c in captions],
                        concepts=[{c} for c in captions], labels=torch.full((n,), -1),
                        ids=[f"toy/{i}" for i in range(n)],
@@ -149,6 +185,20 @@ def test_retrieval_metrics_rank_against_distinct_captions():
                                     "t2i_r1": 100.0, "t2i_r5": 100.0, "t2i_r10": 100.0})
     # images encoded in batches of at most 3, each distinct caption once
     assert sorted(model.calls) == [("image", 1), ("image", 3), ("text", 3)]
+    model.calls.clear()
+    assert retrieval_metrics(model, _dataset(captions), tokenizer, batch_size=2) == result
+    assert sorted(model.calls) == [("image", 2), ("image", 2), ("text", 1), ("text", 2)]
+
+
+def test_retrieval_metrics_with_more_queries_than_one_chunk_of_rows():
+    # 1024 cat images captioned "a cat" (hits), 80 dog images captioned "a cat" (misses at 1), one "a dog" item
+    captions = ["a cat"] * 1104 + ["a dog"]
+    model, tokenizer = _fake_model(torch.tensor([_TEXT["a cat"], _TEXT["a dog"]]), _TEXT)
+    result = retrieval_metrics(model, _dataset(captions, [0] * 1024 + [1] * 81), tokenizer, ks=(1, 2))
+    # t2i: "a cat" finds a cat image first; "a dog" finds the 80 dog images captioned "a cat" before its own
+    assert result == pytest.approx({"i2t_r1": 100 * 1025 / 1105, "i2t_r2": 100.0, "t2i_r1": 50.0, "t2i_r2": 50.0})
+    # the default batch size is 500 images
+    assert sorted(model.calls) == [("image", 105), ("image", 500), ("image", 500), ("text", 2)]
 
 
 def test_repeated_captions_no_longer_push_the_own_caption_out_of_the_top_k():
@@ -189,6 +239,8 @@ def test_queries_against_a_larger_gallery_find_distractors():
     reordered = retrieval_metrics(model, gallery.subset([1, 0]), tokenizer, ks=(1, 2), gallery=gallery)
     assert reordered == pytest.approx(against_all)
     assert gallery_positions(gallery.subset([2, 0]), gallery).tolist() == [2, 0]
+    none = gallery_positions(gallery.subset([]), gallery)
+    assert none.shape == (0,) and none.dtype == torch.int64
 
 
 def test_queries_outside_the_gallery_are_refused():

@@ -6,9 +6,12 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from vlunlearn.data import Tokenizer, UnlearningRequest, load_builtin, make_splits
+from tests.fakes import fake_model
+from vlunlearn.data import DIGITS, PairDataset, Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.evaluation import suite
 from vlunlearn.evaluation.forget_quality import pair_scores
 from vlunlearn.evaluation.suite import evaluate_unlearning, forgotten_classes
+from vlunlearn.geometry import LORENTZ, lorentz
 from vlunlearn.models import build_model
 
 PARTS = ("test_forget", "test_retain", "train_forget", "train_retain")
@@ -27,6 +30,95 @@ HYPERBOLIC = (
      "d0_text_generic", "d0_text_family", "d0_text_class", "d0_test_images"}
     | {f"d0_concept_{name}" for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")}
 )
+
+
+# --------------------------------------------------------------------------- wiring, with the metrics stubbed
+
+
+def _digits(n: int, name: str) -> PairDataset:
+    """Item i shows digit i % 10 (image i % 256); a "seven" scene also shows a "one"."""
+    classes = [DIGITS.classes[i % 10] for i in range(n)]
+    shown = [frozenset(DIGITS.ancestors(c)) | (frozenset(DIGITS.ancestors("one")) if c == "seven" else frozenset())
+             for c in classes]
+    return PairDataset(
+        name=name,
+        images=(torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        captions=[("a digit.", f"the number {c}.") for c in classes],
+        concepts=shown,
+        labels=torch.tensor([i % 10 for i in range(n)]),
+        ids=[f"{name}/{i}" for i in range(n)],
+        class_names=DIGITS.classes,
+        hierarchy=DIGITS,
+    )
+
+
+TRAIN, TEST = _digits(1250, "train"), _digits(30, "test")
+
+
+def _stub_metrics(monkeypatch) -> dict[str, list]:
+    """Replace every metric the suite calls by a stub that records its arguments; returns the records."""
+    calls: dict[str, list] = {}
+    results = {
+        "evaluate_splits": {"zs_test_forget": 1.0}, "detection_metrics": {}, "retrieval_metrics": {"r1": 2.0},
+        "mia_metrics": {"mia_auc": 0.5}, "forget_quality_metrics": ({"ks_statistic": 0.1}, torch.zeros(2)),
+        "alignment_audit": {"gap": 0.25, "matrix": [[1.0]], "n_forget": 1}, "landing_metrics": {"landing_same": 1.0},
+        "entailment_rate": 0.5, "distance_to_origin_by_level": {"images": 3.0},
+        "distance_to_origin_by_concept": {"seven": 2.0}, "traversal_examples": [],
+    }
+    for name, result in results.items():
+        def stub(*args, _name=name, _result=result, **kwargs):
+            calls.setdefault(_name, []).append((args, kwargs))
+            return _result
+        monkeypatch.setattr(suite, name, stub)
+    return calls
+
+
+def _fake_meru():
+    model = fake_model(LORENTZ, lorentz.exp_map0(torch.randn(256, 2, generator=torch.Generator().manual_seed(0),
+                                                             dtype=torch.float64), 1.0), torch.zeros(1, 2), 1.0)
+    model.eval = lambda: model
+    return model
+
+
+def test_suite_defaults_sample_1000_retain_pairs_with_seed_0(monkeypatch):
+    calls = _stub_metrics(monkeypatch)
+    splits = make_splits(TRAIN, TEST, UnlearningRequest(concepts=("seven",)))
+    assert len(splits.retain) > 1001
+    metrics, _ = evaluate_unlearning(_fake_meru(), splits, Tokenizer())
+    sample = torch.randperm(len(splits.retain), generator=torch.Generator().manual_seed(0))[:1000]
+    expected = [splits.retain.ids[i] for i in sample.tolist()]
+    (_, mia_kwargs), = calls["mia_metrics"]
+    assert mia_kwargs["seed"] == 0 and mia_kwargs["reference_members"].ids == expected
+    (_, audit_kwargs), = calls["alignment_audit"]
+    assert audit_kwargs["seed"] == 0 and audit_kwargs["contrast"].ids == expected  # a concept request: contrasted
+    assert metrics["alignment_gap"] == 0.25 and metrics["mia_auc"] == 0.5 and metrics["retrieval_retain_r1"] == 2.0
+
+
+def test_suite_passes_its_options_on(monkeypatch):
+    calls = _stub_metrics(monkeypatch)
+    splits = make_splits(TRAIN, TEST, UnlearningRequest(concepts=("seven",)))
+    tokenizer = Tokenizer()
+    metrics, artifacts = evaluate_unlearning(_fake_meru(), splits, tokenizer, train=TRAIN, candidates="retain",
+                                             retain_sample=10, seed=3)
+    assert calls["evaluate_splits"][0][1] == {"candidates": "retain"}
+    galleries = [(args[1].name, kwargs["gallery"]) for args, kwargs in calls["retrieval_metrics"]]
+    assert galleries == [("test/forget", None), ("train/forget", TRAIN), ("train/retain", None)]
+    assert calls["mia_metrics"][0][1]["seed"] == 3 and len(calls["mia_metrics"][0][1]["reference_members"]) == 10
+    assert calls["forget_quality_metrics"][0][1] == {"seed": 3}
+    assert calls["alignment_audit"][0][1]["seed"] == 3
+    # every forget scene shows a "one" too, but the class it lands against is the forgotten "seven"
+    (landing_args, _), = calls["landing_metrics"]
+    assert landing_args[3] == ["seven"] * len(splits.forget)
+    # multi-item scenes count for every class they show
+    assert [kwargs for _, kwargs in calls["distance_to_origin_by_concept"]] == [{"group_by": "concepts"}]
+    assert metrics["d0_concept_seven"] == 2.0 and len(artifacts["image_d0"]) == len(splits.forget)
+
+
+def test_a_sample_request_audits_alignment_without_contrast(monkeypatch):
+    calls = _stub_metrics(monkeypatch)
+    splits = make_splits(TRAIN, TEST, UnlearningRequest(sample_ids=("train/3", "train/4")))
+    evaluate_unlearning(_fake_meru(), splits, Tokenizer(), retain_sample=10)
+    assert calls["alignment_audit"][0][1]["contrast"] is None
 
 
 @pytest.mark.parametrize("geometry", ["euclidean", "lorentz"])
@@ -69,3 +161,4 @@ def test_forgotten_class_of_each_item():
         assert name == ("bag" if "bag" in concepts else "sneaker" if "sneaker" in concepts else None)
     # a sample request forgets no class: the first class the item shows
     assert forgotten_classes(scenes, ())[0] == next(c for c in scenes.class_names if c in scenes.concepts[0])
+

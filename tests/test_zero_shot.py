@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from tests.fakes import FakeTokenizer, fake_model
-from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_builtin, make_splits
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, UnlearningSplits, load_builtin, make_splits
 from vlunlearn.evaluation import (
     class_embeddings,
     class_prompts,
     concept_detection,
     detection_metrics,
+    encode_images,
     encode_texts,
     evaluate_splits,
     evaluate_zero_shot,
@@ -25,7 +26,8 @@ from vlunlearn.evaluation import (
     zero_shot_accuracy,
     zero_shot_predictions,
 )
-from vlunlearn.evaluation.zero_shot import DEFAULT_PROMPTS, label_ranks
+from vlunlearn.errors import ConfigError
+from vlunlearn.evaluation.zero_shot import DEFAULT_PROMPTS, candidate_labels, label_ranks
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ
 from vlunlearn.models import build_model
@@ -112,6 +114,12 @@ def test_top1_agrees_with_argmax_including_ties():
     assert label_ranks(torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([1])).tolist() == [1]
 
 
+@pytest.mark.parametrize("ks", [(0,), (1, -1), (True,), (1.5,)])
+def test_topk_accuracy_refuses_ks_that_are_not_positive_ints(ks):
+    with pytest.raises(ValueError, match="ks must be positive ints"):
+        topk_accuracy(torch.zeros(2, 3), torch.tensor([0, 1]), ks=ks)
+
+
 # --------------------------------------------------------------------------- splits with a fake model
 
 _CLASSES = ("cat", "dog", "bird")
@@ -170,6 +178,82 @@ def test_evaluate_zero_shot_reports_top5():
     # only the dog item 3 is wrong at top-1; per class 1, 1/2, 1
     assert result == pytest.approx({"micro": 80.0, "macro": 100 * 2.5 / 3, "top5_micro": 100.0,
                                     "top5_macro": 100.0, "count": 5})
+
+
+def test_evaluate_zero_shot_uses_the_given_templates():
+    _, _, data, _ = _fake_splits()
+    # the bare class names embed as the next class's direction: cat -> dog, dog -> bird, bird -> cat
+    prompts = [template.format(name) for name in _CLASSES for template in DEFAULT_PROMPTS]
+    text_table = torch.cat([_E.repeat_interleave(len(DEFAULT_PROMPTS), dim=0), _E.roll(-1, dims=0)])
+    model = fake_model(EUCLIDEAN, torch.stack([emb for _, emb in _ITEMS]), text_table)
+    tokenizer = FakeTokenizer(prompts + list(_CLASSES))
+    assert evaluate_zero_shot(model, data, tokenizer)["micro"] == pytest.approx(80.0)
+    # each image is now nearest the class before its own: every top-1 prediction is wrong
+    shifted = evaluate_zero_shot(model, data, tokenizer, templates=("{}",))
+    assert shifted["micro"] == 0.0 and shifted["macro"] == 0.0 and shifted["count"] == 5
+
+
+def test_class_prompts_fill_the_templates_and_refuse_bad_ones():
+    _, _, data, _ = _fake_splits()
+    assert class_prompts(data, ["{}!", "see {}"]) == [["cat!", "see cat"], ["dog!", "see dog"], ["bird!", "see bird"]]
+    for bad in ([], ["no slot"], ["{} and {}"], ["{}", "none"]):
+        with pytest.raises(ConfigError, match="exactly one"):
+            class_prompts(data, bad)
+
+
+def test_candidate_labels_remap_labels_to_candidate_columns():
+    columns, labels = candidate_labels(_CLASSES, ("bird", "cat"), torch.tensor([0, 1, 2, -1]))
+    assert columns.tolist() == [2, 0] and labels.tolist() == [1, -1, 0, -1]
+    columns, labels = candidate_labels(_CLASSES, (), torch.tensor([0, 2, -1]))
+    assert columns.shape == (0,) and columns.dtype == labels.dtype == torch.int64 and labels.tolist() == [-1, -1, -1]
+
+
+def test_splits_without_classes_or_test_items_give_nan():
+    model, tokenizer, data, splits = _fake_splits()
+    # no test items: the test parts and detection are NaN, the training parts are scored
+    no_test = UnlearningSplits(splits.request, splits.forget, splits.retain, data.subset([]), data.subset([]),
+                               splits.forget_classes, splits.retain_classes)
+    result = evaluate_splits(model, no_test, tokenizer)
+    assert all(math.isnan(v) == ("test" in k) for k, v in result.items()), result
+    assert result["zs_train_retain"] == 100.0
+    assert all(math.isnan(v) for v in detection_metrics(model, no_test, tokenizer).values())
+    # no classes at all (a retrieval-only dataset): every accuracy and both detection APs are NaN
+    plain = PairDataset(name="plain", images=data.images, captions=data.captions, concepts=data.concepts,
+                        labels=torch.full((len(data),), -1), ids=data.ids, class_names=())
+    no_classes = UnlearningSplits(splits.request, plain.subset([0]), plain.subset([1]), plain.subset([2]),
+                                  plain.subset([3, 4]), (), ())
+    assert all(math.isnan(v) for v in evaluate_splits(model, no_classes, tokenizer).values())
+    assert all(math.isnan(v) for v in evaluate_splits(model, no_classes, tokenizer, candidates="retain").values())
+    assert all(math.isnan(v) for v in detection_metrics(model, no_classes, tokenizer).values())
+
+
+def test_encoders_work_in_batches_of_500_by_default():
+    n = 501
+    data = PairDataset(name="same", images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x",)] * n,
+                       concepts=[set()] * n, labels=torch.full((n,), -1), ids=[f"same/{i}" for i in range(n)],
+                       class_names=())
+    model = fake_model(EUCLIDEAN, torch.eye(2), torch.eye(2))
+    calls = []
+    encode_image, encode_text = model.encode_image, model.encode_text
+    model.encode_image = lambda images: calls.append(len(images)) or encode_image(images)
+    model.encode_text = lambda tokens: calls.append(len(tokens)) or encode_text(tokens)
+    assert torch.equal(encode_images(model, data), torch.tensor([[1.0, 0.0]]).expand(n, 2))
+    texts = encode_texts(model, FakeTokenizer(["x", "y"]), ["y"] * n)
+    assert torch.equal(texts, torch.tensor([[0.0, 1.0]]).expand(n, 2))
+    assert calls == [500, 1, 500, 1]
+    calls.clear()
+    assert encode_images(model, data, batch_size=200).shape == (n, 2) and calls == [200, 200, 101]
+
+
+def test_texts_are_tokenized_to_the_model_context_length(tokenizer):
+    model = SimpleNamespace(config=SimpleNamespace(context_length=5), eval=lambda: None,
+                            encode_text=lambda tokens: tokens.double())
+    texts = ["a cat", "a photo of a small grey cat on a mat"]  # the second is cut to 5 tokens
+    with pytest.warns(UserWarning, match="truncated"):
+        encoded = encode_texts(model, tokenizer, texts)
+    with pytest.warns(UserWarning, match="truncated"):
+        expected = tokenizer(texts, 5)
+    assert encoded.shape == (2, 5) and torch.equal(encoded, expected.double())
 
 
 # --------------------------------------------------------------------------- concept detection
