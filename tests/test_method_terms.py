@@ -85,12 +85,12 @@ RETAIN, FORGET = pairs([0, 1, 2], [0, 1, 2]), pairs([3, 4], [3, 4])
 
 
 def build(name: str, model: TableModel, original: TableModel | None = None, request_kind: str = "concepts",
-          **settings):
-    """Method ``name`` through the public API; D_r's caption pool is the single caption ``pool``."""
+          retain_pool: tuple[str, ...] = ("pool",), **settings):
+    """Method ``name`` through the public API; D_r's caption pool is the single caption ``pool`` by default."""
     method = get_method(name)
     tokens = TokenCache(FakeTokenizer(CAPTIONS), 77)
     context = MethodContext(
-        copy.deepcopy(model) if original is None else original, ["pool"], FORGET_CAPTIONS, tokens, seed=0,
+        copy.deepcopy(model) if original is None else original, list(retain_pool), FORGET_CAPTIONS, tokens, seed=0,
         request_kind=request_kind,
     )
     return method(make_config(method.config_class, settings), context)
@@ -329,11 +329,17 @@ def test_ac_beta_adds_the_similarity_of_true_forget_pairs(geometry):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_ac_with_retain_partners_and_no_beta_is_random_pairs(geometry):
-    model = TableModel(geometry)
-    with torch.no_grad():
-        ac = build("ac", model, alpha=1.0, beta=0.0, partner_pool="retain").loss(model, RETAIN, FORGET, 0).loss
-        relabel = build("random_pairs", model).loss(model, RETAIN, FORGET, 0).loss
-    assert ac.item() == pytest.approx(relabel.item(), rel=1e-12)
+    """The same loss and the same partner draws, step by step (a pool of four D_r captions)."""
+    model, pool = TableModel(geometry), ("r0", "r1", "r2", "pool")
+    losses = []
+    for step in range(4):
+        with torch.no_grad():
+            ac = build("ac", model, alpha=1.0, beta=0.0, partner_pool="retain", retain_pool=pool)
+            relabel = build("random_pairs", model, retain_pool=pool)
+            losses.append((ac.loss(model, RETAIN, FORGET, step).loss.item(),
+                           relabel.loss(model, RETAIN, FORGET, step).loss.item()))
+    assert all(a == pytest.approx(r, rel=1e-12) for a, r in losses)
+    assert len({round(a, 9) for a, _ in losses}) > 1  # the draws differ between steps
 
 
 @pytest.mark.parametrize("kind, pool", [("concepts", "retain"), ("samples", "forget")])
