@@ -20,7 +20,7 @@ The score is ``killed / (total - skipped)``; a survivor is either killed by a ne
 explained in ``mutation_equivalent.json`` (its mutated line and a one-line reason), which the
 report shows; a verdict whose line no longer matches the mutant reads "unexplained".
 
-    python benchmarks/mutation.py [geometry methods evaluation] [--count-only] [--fresh]
+    python benchmarks/mutation.py [geometry methods evaluation] [--count-only] [--fresh] [--verdicts-only]
 
 Writes (and merges per package into) ``mutation.json`` and ``mutation.md`` in ``--out``.
 """
@@ -183,16 +183,13 @@ def mutated_line(root: Path, name: str) -> str:
 
 def summarize(root: Path, status_by_name: dict[str, str]) -> dict:
     """Counts, score and the not-killed mutants (with their mutated lines and verdicts)."""
-    equivalent = json.loads(EQUIVALENT_FILE.read_text())
     counts = Counter(status_by_name.values())
     total, skipped = len(status_by_name), counts["skipped"]
-    not_killed = {}
-    for name, status in sorted(status_by_name.items()):
-        if status not in ("killed", "skipped"):
-            line = mutated_line(root, name)
-            known = equivalent.get(name)
-            verdict = known[1] if known and known[0] == line else "unexplained"
-            not_killed[name] = {"status": status, "mutated": line, "verdict": verdict}
+    not_killed = {
+        name: {"status": status, "mutated": mutated_line(root, name)}
+        for name, status in sorted(status_by_name.items()) if status not in ("killed", "skipped")
+    }
+    apply_verdicts(not_killed)
     return {
         "total": total, "killed": counts["killed"], "survived": counts["survived"], "timeout": counts["timeout"],
         "skipped": skipped, "no_tests": counts["no tests"],
@@ -201,6 +198,14 @@ def summarize(root: Path, status_by_name: dict[str, str]) -> dict:
         "survivors": [name for name, entry in not_killed.items() if entry["status"] == "survived"],
         "not_killed": not_killed,
     }
+
+
+def apply_verdicts(not_killed: dict[str, dict]) -> None:
+    """Set each not-killed mutant's verdict from ``EQUIVALENT_FILE`` ("unexplained" unless its line matches)."""
+    equivalent = json.loads(EQUIVALENT_FILE.read_text())
+    for name, entry in not_killed.items():
+        known = equivalent.get(name)
+        entry["verdict"] = known[1] if known and known[0] == entry["mutated"] else "unexplained"
 
 
 def run(package: str, scratch: Path, fresh: bool, children: int = 1) -> dict:
@@ -267,6 +272,8 @@ def main() -> None:
     parser.add_argument("--count-only", action="store_true", help="only count the mutants of each package")
     parser.add_argument("--fresh", action="store_true", help="delete the scratch copies first")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once (one thread each)")
+    parser.add_argument("--verdicts-only", action="store_true",
+                        help="only re-read the verdicts of the stored results (after editing the equivalents file)")
     args = parser.parse_args()
     if unknown := set(args.packages) - set(PACKAGES):
         parser.error(f"unknown packages {sorted(unknown)}; choose from {list(PACKAGES)}")
@@ -274,7 +281,9 @@ def main() -> None:
     json_path = args.out / f"{NAME}.json"
     packages = json.loads(json_path.read_text())["packages"] if json_path.exists() else {}
     for package in args.packages:
-        if args.count_only:
+        if args.verdicts_only:
+            apply_verdicts(packages[package].get("not_killed", {}))
+        elif args.count_only:
             packages[package] = {**packages.get(package, {}), "count": count(package, args.scratch)}
         else:
             packages[package] = run(package, args.scratch, args.fresh, args.children)

@@ -335,3 +335,25 @@ def test_unlearn_help_lists_every_method_with_its_default_budget(capsys):
         assert lines[row + 1].strip() == f"default budget: {get_method(name).config_class.budget()}"
     assert "1 epoch over D_f" in get_method("neggrad").config_class.budget()
     assert sum("default budget" in line for line in lines) == len(available_methods())
+
+
+def test_budget_wording_and_zero_epochs_or_lr_are_refused():
+    from vlunlearn.methods.neggrad import NegGradConfig
+
+    assert NegGradConfig.budget() == "1 epoch over D_f; lr 5.0e-05 on tiny models, 2.5e-06 on released ones"
+    assert ACConfig.budget() == "2 epochs over D_f; lr 2.0e-04 on tiny models, 1.0e-05 on released ones"
+    for bad in ({"epochs": 0.0}, {"lr": 0.0}):
+        with pytest.raises(ConfigError):
+            make_config(ACConfig, bad)
+    assert make_config(ACConfig, {"steps": ""}).steps is None
+
+
+def test_method_summaries_drop_rst_backticks_and_tolerate_a_missing_docstring(monkeypatch):
+    from vlunlearn.methods import base
+
+    summaries = {name: summary for name, summary, _ in base.method_summaries()}
+    assert summaries["finetune"] == "Fine-tuning on the retain set only: L = L_con(B_r)."
+    long_doc = type("Long", (base.UnlearningMethod,), {"__doc__": "\n    First line.\n\n    More text.\n    "})
+    monkeypatch.setattr(base, "_REGISTRY", {"bare": type("Bare", (base.UnlearningMethod,), {}), "long": long_doc})
+    budget = base.MethodConfig.budget()
+    assert base.method_summaries() == [("bare", "", budget), ("long", "First line.", budget)]

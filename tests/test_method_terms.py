@@ -548,3 +548,23 @@ def test_random_retain_captions_depend_on_seed_step_and_salt():
     other_seed = MethodContext(None, retain, ["f"], context.tokens, seed=1)
     assert draw != other_seed.random_retain_captions(20, 3, salt=13)
     torch.testing.assert_close(context.random_retain_tokens(20, 3, salt=13), context.tokens(draw))
+
+
+def test_auto_pool_names():
+    from vlunlearn.methods.ac import partner_pool
+
+    assert partner_pool("auto", "concepts") == "retain" and partner_pool("auto", "samples") == "forget"
+    assert partner_pool("retain", "samples") == "retain" and partner_pool("forget", "concepts") == "forget"
+
+
+def test_own_caption_mask_compares_whole_captions_of_any_padded_width_and_spares_the_partner():
+    from vlunlearn.methods.ac import mask_own_captions
+
+    own = torch.tensor([[7, 8, 0], [9, 0, 0]])  # forget captions of 2 and 1 tokens, padded to 3
+    columns = torch.tensor([[7, 8], [9, 0], [7, 0], [9, 0], [7, 8]])  # 3 retain captions, then the 2 partners
+    masked = mask_own_captions(torch.zeros(5, 5), 3, own, columns)
+    expected = torch.zeros(5, 5)
+    expected[3, 0] = expected[3, 4] = expected[4, 1] = expected[4, 3] = -math.inf
+    torch.testing.assert_close(masked, expected)
+    own_partner = mask_own_captions(torch.zeros(5, 5), 3, torch.tensor([[7], [9]]), torch.tensor([[1], [2], [3], [7], [9]]))
+    torch.testing.assert_close(own_partner, torch.zeros(5, 5))  # a partner (diagonal) equal to its own caption stays

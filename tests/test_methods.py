@@ -1,6 +1,7 @@
 """Unlearning methods: registry, configs, every method's loss on both geometries, the public API."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,35 @@ def test_early_stop_ends_the_run_at_the_check_that_meets_the_target(
                         tokenizer=tokenizer, progress=False, steps=6, retain_batch_size=16, forget_batch_size=8)
     assert (record.steps, record.stopped_early) == (steps, steps < 6)
     assert checked == [16] * checks  # one check every 2 steps, each on the 16-image D_f slice
+
+
+def test_retrain_pretrains_on_the_retain_set_with_the_recipe_and_overrides(digits_splits, tokenizer, monkeypatch):
+    """The oracle is pretraining on D_r: the recipe (default: the model's built-in one) with the
+    overrides applied, and every run setting passed through (pretraining itself is tested in
+    tests/test_training.py)."""
+    from vlunlearn.methods import retrain as oracle
+    from vlunlearn.training.pretrain import PretrainConfig
+
+    calls = []
+
+    def fake_pretrain(recipe, data, **kwargs):
+        calls.append((recipe, data, kwargs))
+        return "model", "result"
+
+    monkeypatch.setattr(oracle, "pretrain", fake_pretrain)
+    model = build_model("tiny-scenes", "lorentz")
+    out = oracle.retrain(model, digits_splits.retain, None, {"seed": "3", "steps": 40}, tokenizer=tokenizer,
+                         progress=False)
+    recipe, data, kwargs = calls[0]
+    assert out == ("model", "result", recipe)
+    assert recipe == PretrainConfig(model="tiny-scenes", geometry="lorentz", seed=3, steps=40)
+    assert data is digits_splits.retain
+    assert kwargs == {"tokenizer": tokenizer, "progress": False, "state_path": None, "resume": False,
+                      "checkpoint_every": 4, "precision": "fp32", "grad_checkpointing": False}
+    given = PretrainConfig(model="tiny", geometry="lorentz", steps=30, lr=1e-3)
+    oracle.retrain(model, digits_splits.retain, given, {}, tokenizer=tokenizer, progress=True, state_path=Path("s"),
+                   resume=True, checkpoint_every=7, precision="bf16", grad_checkpointing=True)
+    recipe, _, kwargs = calls[1]
+    assert recipe == given
+    assert kwargs == {"tokenizer": tokenizer, "progress": True, "state_path": Path("s"), "resume": True,
+                      "checkpoint_every": 7, "precision": "bf16", "grad_checkpointing": True}

@@ -283,3 +283,50 @@ def test_scrub_run_has_finite_terms_and_changes_weights(digits_splits):
     assert {"kl_retain", "kl_forget", "retain"} <= set(record.history[-1])
     assert all(math.isfinite(v) for entry in record.history for v in entry.values())
     assert any(not torch.equal(p.detach(), before[name]) for name, p in unlearned.named_parameters())
+
+
+class Recording:
+    """A sampler that returns the same batch and records the steps it was asked for."""
+
+    def __init__(self, batch):
+        self.steps: list[int] = []
+        self.fixed = batch
+
+    def batch(self, step: int):
+        self.steps.append(step)
+        return self.fixed
+
+
+@pytest.mark.parametrize("retain_negatives", [True, False])
+def test_salun_saliency_reads_forget_batches_of_steps_zero_to_n(retain_negatives):
+    model = TableModel("euclidean")
+    forget = Recording(FORGET)
+    build("salun", model, saliency_batches=3, retain_negatives=retain_negatives).saliency(model, Fixed(RETAIN), forget)
+    assert forget.steps == [0, 1, 2]
+
+
+def test_salun_saliency_of_a_parameter_without_gradient_is_zero():
+    model = TableModel("euclidean")
+    model.unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    saliency = build("salun", model).saliency(model, Fixed(RETAIN), Fixed(FORGET))
+    torch.testing.assert_close(saliency["unused"], torch.zeros(3, dtype=torch.float64))
+    assert saliency["images"].abs().sum() > 0
+
+
+def test_salun_finish_before_prepare_and_a_full_mask_are_allowed():
+    model = TableModel("euclidean")
+    method = build("salun", model, saliency_fraction=1.0)
+    assert method.masks == {} and method.handles == []
+    method.finish(model)
+    method.prepare(model, Fixed(RETAIN), Fixed(FORGET))
+    assert all(mask.all() for mask in method.masks.values())
+
+
+def test_scrub_accepts_zero_weights_and_the_ends_of_max_fraction():
+    for settings in ({"alpha": 0.0}, {"gamma": 0.0}, {"max_fraction": 0.0}, {"max_fraction": 1.0}):
+        build("scrub", TableModel("euclidean"), steps=4, **settings)
+
+
+def test_scrub_max_steps_stop_before_the_fraction_of_the_run():
+    method = build("scrub", TableModel("euclidean"), steps=8, max_fraction=0.5)
+    assert [step for step in range(8) if method.is_max_step(step)] == [0, 2]

@@ -217,7 +217,7 @@ def available_methods() -> list[str]:
 def method_summaries() -> list[tuple[str, str, str]]:
     """``(name, one-line description, default budget)`` of every registered method, by name."""
     return [
-        (name, (cls.__doc__ or "").strip().splitlines()[0].replace("``", ""), cls.config_class.budget())
+        (name, (cls.__doc__ or "").strip().split("\n")[0].replace("``", ""), cls.config_class.budget())
         for name, cls in sorted(_REGISTRY.items())
     ]
 
