@@ -29,10 +29,10 @@ class SalUnConfig(RandomPairsConfig):
     """SalUn: the random-pairs loss (and its ``tiny_lr``, 5e-4) on a saliency mask.
 
     Attributes:
-        saliency_fraction: share of the trainable weights that may change, the top entries by
-            saliency with one threshold across all parameters; 0.5 is the paper's sparsity.
-            Exactly ``max(1, round(fraction * n))`` of the ``n`` entries are kept (ties broken
-            by parameter order).
+        saliency_fraction: share of the weights the forget loss reaches (non-zero saliency) that
+            may change, the top entries by saliency with one threshold across all parameters;
+            0.5 is the paper's sparsity. Exactly ``max(1, round(fraction * n))`` of those ``n``
+            entries are kept (ties broken by parameter order).
         saliency_batches: forget batches (sampler steps ``0 .. n-1``) whose gradients are
             summed into the saliency: 4 batches of 64 cover a few hundred forget pairs, enough
             for a stable ranking at the cost of 4 backward passes.
@@ -58,15 +58,21 @@ class SalUnConfig(RandomPairsConfig):
 
 
 def top_fraction_masks(saliency: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
-    """Boolean masks of the ``max(1, round(fraction * n))`` largest of all ``n`` entries of
-    ``saliency`` (one global ranking; ties at the threshold go to the earliest entries in
-    dict and flattening order). ``{name: (...)} -> {name: (...) bool}``."""
+    """Boolean masks of the ``max(1, round(fraction * n))`` largest of the ``n`` *non-zero*
+    entries of ``saliency`` (one global ranking; ties at the threshold go to the earliest entries
+    in dict and flattening order). Entries the forget loss does not reach (saliency 0, such as
+    the rows of unused tokens, most of a text tower's embedding table) are never salient: ranked
+    among all weights they would fill the lower half, and the mask would keep every weight the
+    forget loss moves. ``{name: (...)} -> {name: (...) bool}``."""
     flat = torch.cat([s.detach().flatten().float() for s in saliency.values()])
-    keep = max(1, round(fraction * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - keep + 1).values
-    above = flat > threshold
-    ties = flat == threshold
-    chosen = above | (ties & (ties.cumsum(0) <= keep - int(above.sum())))
+    reached = flat[flat > 0]
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    if reached.numel():
+        keep = max(1, round(fraction * reached.numel()))
+        threshold = reached.kthvalue(reached.numel() - keep + 1).values
+        above = flat > threshold
+        ties = flat == threshold
+        chosen = above | (ties & (ties.cumsum(0) <= keep - int(above.sum())))
     pieces = chosen.split([s.numel() for s in saliency.values()])
     return {name: piece.view_as(s) for (name, s), piece in zip(saliency.items(), pieces)}
 
