@@ -96,7 +96,10 @@ def test_top_fraction_ranks_only_reached_entries_breaks_ties_by_order_and_keeps_
     assert all(torch.equal(full[name], saliency[name] > 0) for name in saliency)
     ties = top_fraction_masks({"a": torch.tensor([2.0, 2.0, 2.0, 1.0, 0.0])}, 0.5)  # 2 of 4: the first two 2s
     assert ties["a"].tolist() == [True, True, False, False, False]
-    assert not top_fraction_masks({"a": torch.zeros(3)}, 0.5)["a"].any()
+    ties_below = top_fraction_masks({"a": torch.tensor([3.0, 2.0, 2.0, 2.0, 1.0])}, 0.5)  # 3, then one 2
+    assert ties_below["a"].tolist() == [True, True, False, False, False]
+    unreached = top_fraction_masks({"a": torch.zeros(3)}, 0.5)["a"]
+    assert unreached.dtype == torch.bool and not unreached.any()
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
