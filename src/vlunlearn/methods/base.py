@@ -142,20 +142,21 @@ class MethodContext:
         return self.tokens(self.random_retain_captions(count, step, salt))
 
     @cached_property
-    def _distinct_forget_captions(self) -> list[str]:
-        return sorted(set(self.forget_captions))
+    def _distinct_forget_captions(self) -> tuple[list[str], dict[str, int]]:
+        """D_f's distinct captions, sorted, and each one's position (computed once per run)."""
+        distinct = sorted(set(self.forget_captions))
+        return distinct, {caption: i for i, caption in enumerate(distinct)}
 
     def forget_partner_captions(self, indices: Tensor, step: int, salt: int) -> list[str]:
         """For each D_f pair at ``indices``, a caption drawn uniformly from the *other* distinct
         captions of all of D_f (never the pair's own caption, as the AC authors draw partners
         from the whole forget set). ``(B,) -> B`` captions."""
-        distinct = self._distinct_forget_captions
+        distinct, position = self._distinct_forget_captions
         if len(distinct) < 2:
             raise ConfigError(
                 "a forget-pool partner needs at least 2 distinct captions in D_f; every forget pair reads "
                 f"{distinct[0]!r}: use partner_pool=retain"
             )
-        position = {caption: i for i, caption in enumerate(distinct)}
         own = torch.tensor([position[self.forget_captions[i]] for i in indices.tolist()])
         shift = torch.randint(1, len(distinct), own.shape, generator=step_generator(self.seed, step, salt))
         return [distinct[i] for i in ((own + shift) % len(distinct)).tolist()]

@@ -91,13 +91,9 @@ class MultiDelete(UnlearningMethod):
             with torch.no_grad():
                 tokens = self.context.random_retain_tokens(len(forget), step, salt=17)
                 partner_text = data_parallel(original.encode_text, tokens)
-        if cfg.decoupling == "matrix":
-            target = geometry.pairwise_similarity(original_forget_image, partner_text, c0)
-            current = geometry.pairwise_similarity(forget_image, forget_text, c)
-        else:
-            target = geometry.paired_similarity(original_forget_image, partner_text, c0)
-            current = geometry.paired_similarity(forget_image, forget_text, c)
-        decoupling = ((current - target) ** 2).mean()
+        pair_similarity = geometry.pairwise_similarity if cfg.decoupling == "matrix" else geometry.paired_similarity
+        target = pair_similarity(original_forget_image, partner_text, c0)
+        decoupling = ((pair_similarity(forget_image, forget_text, c) - target) ** 2).mean()
 
         retain_image, retain_text = encode(model, retain)
         original_image, original_text = encode_original(self.context, retain)

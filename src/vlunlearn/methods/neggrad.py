@@ -50,8 +50,5 @@ class NegGrad(UnlearningMethod):
     config_class = NegGradConfig
 
     def loss(self, model, retain, forget, step):
-        if self.config.retain_negatives:
-            forget_loss, _ = forget_and_retain_losses(model, retain, forget, True)
-        else:
-            forget_loss = contrastive_loss(model, *encode(model, forget))
+        forget_loss, _ = forget_and_retain_losses(model, retain, forget, self.config.retain_negatives)
         return StepOutput(-forget_loss, {"forget": forget_loss.item()})

@@ -1,8 +1,8 @@
 """SalUn (Fan et al., ICLR 2024) on dual encoders: random relabelling of the salient weights only.
 
 Before training, the saliency of every trainable weight is ``|grad|`` of the forget loss summed
-over a few forget batches; the top ``saliency_fraction`` of all weights (one global threshold)
-form the mask. Gradient hooks zero every update outside the mask, and the loss is
+over a few forget batches; the top ``saliency_fraction`` of the weights it reaches (one global
+threshold) form the mask. Gradient hooks zero every update outside the mask, and the loss is
 :class:`~vlunlearn.methods.random_pairs.RandomPairs`' (the contrastive analogue of SalUn's
 random labels): ``L_con`` over B_r plus the forget images paired with random D_r captions.
 """
@@ -16,12 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from vlunlearn.methods.base import MethodContext, encode, register
+from vlunlearn.methods.base import MethodContext, register
 from vlunlearn.methods.neggrad import forget_and_retain_losses
 from vlunlearn.methods.random_pairs import RandomPairs, RandomPairsConfig
 from vlunlearn.training.batches import PairSampler
 from vlunlearn.training.distributed import average_gradients
-from vlunlearn.training.losses import contrastive_loss
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,7 @@ class SalUn(RandomPairs):
         model.eval()
         model.zero_grad(set_to_none=True)
         for step in range(cfg.saliency_batches):
-            if cfg.retain_negatives:
-                loss, _ = forget_and_retain_losses(model, retain.batch(step), forget.batch(step), True)
-            else:
-                loss = contrastive_loss(model, *encode(model, forget.batch(step)))
+            loss, _ = forget_and_retain_losses(model, retain.batch(step), forget.batch(step), cfg.retain_negatives)
             loss.backward()
         average_gradients(model)
         saliency = {name: p.grad.abs() if p.grad is not None else torch.zeros_like(p) for name, p in params.items()}

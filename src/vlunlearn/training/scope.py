@@ -24,20 +24,17 @@ def restrict_parameters(model: nn.Module, towers: str, parameter_filter: str) ->
         ConfigError: the scope selects no trainable parameter.
     """
     pattern = re.compile(parameter_filter)
-    names = []
+    names, numel = [], 0
     for name, param in model.named_parameters():
         tower = model.parameter_tower(name)
         in_scope = (towers == "both" or tower == towers) and bool(pattern.search(name))
         param.requires_grad_(param.requires_grad and in_scope)
         if param.requires_grad:
             names.append(name)
+            numel += param.numel()
     if not names:
         raise ConfigError(
             f"towers={towers!r} with parameter_filter={parameter_filter!r} selects no trainable parameter of "
             f"{type(model).__name__}; parameter names look like {next(iter(dict(model.named_parameters())))!r}"
         )
-    parameters = dict(model.named_parameters())
-    return {
-        "towers": towers, "parameter_filter": parameter_filter, "tensors": len(names),
-        "numel": sum(parameters[name].numel() for name in names), "names": names,
-    }
+    return {"towers": towers, "parameter_filter": parameter_filter, "tensors": len(names), "numel": numel, "names": names}
