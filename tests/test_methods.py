@@ -64,14 +64,16 @@ def test_make_config_parses_strings_and_rejects_bad_settings():
         make_config(ACConfig, {"partner_pool": "anywhere"})
 
 
-@pytest.mark.parametrize("geometry", ["euclidean", "lorentz"])
+def test_hac_refuses_a_euclidean_model(digits_splits, tokenizer):
+    with pytest.raises(ValueError, match="hyperbolic"):
+        unlearn(build_model("tiny", "euclidean"), digits_splits, "hac", tokenizer=tokenizer, progress=False, steps=2)
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_every_method_runs_with_finite_losses(method, geometry, digits_splits, tokenizer):
-    model = build_model("tiny", geometry)
-    if method == "hac" and geometry == "euclidean":
-        with pytest.raises(ValueError, match="hyperbolic"):
-            unlearn(model, digits_splits, method, tokenizer=tokenizer, progress=False, steps=2)
-        return
+def test_every_method_runs_with_finite_losses(method, digits_splits, tokenizer):
+    """Every method on the Lorentz model (the geometry with the frozen curvature to check); the
+    Euclidean path of each loss is pinned by tests/test_method_terms.py."""
+    model = build_model("tiny", "lorentz")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     unlearned, record = unlearn(
         model, digits_splits, method, tokenizer=tokenizer, progress=False,
@@ -82,8 +84,7 @@ def test_every_method_runs_with_finite_losses(method, geometry, digits_splits, t
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model was modified"
     changed = [k for k, v in unlearned.state_dict().items() if not torch.equal(before[k], v)]
     assert changed, "unlearning changed no weight"
-    if geometry == "lorentz":
-        assert "curv" not in changed  # curvature is frozen by default
+    assert "curv" not in changed  # curvature is frozen by default
 
 
 def test_learn_curvature_lets_the_curvature_move(digits_splits, tokenizer):
@@ -204,7 +205,25 @@ def test_early_stop_ends_the_run_at_the_check_that_meets_the_target(
     _, record = unlearn(model, digits_splits, "ac", early_stop=EarlyStop(target=target, every=2, slice_size=16),
                         tokenizer=tokenizer, progress=False, steps=6, retain_batch_size=16, forget_batch_size=8)
     assert (record.steps, record.stopped_early) == (steps, steps < 6)
-    assert checked == [16] * checks  # one check every 2 steps, each on the 16-image D_f slice
+    held_out = min(16, len(digits_splits.forget) // 5)  # a fifth of this small D_f
+    assert record.held_out == held_out
+    assert checked == [held_out] * checks  # one check every 2 steps, each on the held-out slice
+
+
+def test_early_stop_holds_its_slice_out_of_training(digits_splits, tokenizer):
+    from vlunlearn import EarlyStop
+    from vlunlearn.unlearning import split_forget
+
+    forget = digits_splits.forget
+    trained, held_out = split_forget(forget, EarlyStop(target=0.0, slice_size=4))
+    assert len(held_out) == 4 and len(trained) == len(forget) - 4
+    assert sorted(trained.ids + held_out.ids) == sorted(forget.ids) and not set(trained.ids) & set(held_out.ids)
+    assert split_forget(forget, EarlyStop(target=0.0, slice_size=10_000))[1].ids == split_forget(
+        forget, EarlyStop(target=0.0, slice_size=len(forget) // 5))[1].ids  # capped at a fifth, same draw
+    assert split_forget(forget, None) == (forget, None)
+    _, record = unlearn(build_model("tiny", "euclidean"), digits_splits, "finetune", tokenizer=tokenizer, progress=False,
+                        early_stop=EarlyStop(target=-1.0, slice_size=4), epochs=1, forget_batch_size=5, retain_batch_size=8)
+    assert record.steps == math.ceil((len(forget) - 4) / 5)  # the budget counts only the pairs trained on
 
 
 def test_retrain_pretrains_on_the_retain_set_with_the_recipe_and_overrides(digits_splits, tokenizer, monkeypatch):

@@ -23,12 +23,16 @@ from vlunlearn.training.scope import restrict_parameters
 
 @dataclass
 class EarlyStop:
-    """Stop once zero-shot accuracy on a slice of D_f falls to ``target`` percent.
+    """Stop once zero-shot accuracy on a held-out slice of D_f falls to ``target`` percent.
+
+    The slice (a seeded draw of ``slice_size`` D_f pairs, at most a fifth of D_f) is held out:
+    the method never trains on it, so the check measures whether forgetting generalises to
+    forget pairs the run has not seen. The test split is never looked at.
 
     Attributes:
         target: forget accuracy (percent, over all classes) at which to stop.
         every: evaluate every this many steps.
-        slice_size: number of D_f images in the validation slice.
+        slice_size: number of D_f pairs held out for the check.
     """
 
     target: float
@@ -39,8 +43,9 @@ class EarlyStop:
 @dataclass
 class UnlearnRecord:
     """What ran: method, its full config (steps and lr resolved), the request, the budget used,
-    the loss history and which parameters were updated (see
-    :func:`~vlunlearn.training.scope.restrict_parameters`)."""
+    the loss history, which parameters were updated (see
+    :func:`~vlunlearn.training.scope.restrict_parameters`) and how many D_f pairs were held
+    out for early stopping (not trained on)."""
 
     method: str
     config: dict[str, Any]
@@ -51,6 +56,7 @@ class UnlearnRecord:
     stopped_early: bool = False
     faults: list[dict[str, float]] = field(default_factory=list)
     updated_parameters: dict[str, Any] = field(default_factory=dict)
+    held_out: int = 0
 
 
 def unlearn(
@@ -79,7 +85,8 @@ def unlearn(
         data: a built-in dataset name, or ``(train, test)`` datasets.
         recipe: the pretraining recipe of ``model``, needed by ``retrain`` (default: the
             built-in recipe for the model's configuration and geometry).
-        early_stop: optional stop when forget accuracy on a D_f slice reaches a target.
+        early_stop: optional stop when forget accuracy on a held-out D_f slice reaches a target
+            (see :class:`EarlyStop`; the slice is not trained on).
         state_path: file for training-state checkpoints, written every ``checkpoint_every``
             steps (default: a tenth of the run) and on SIGINT/SIGTERM.
         resume: continue from ``state_path``; the result equals an uninterrupted run's.
@@ -107,7 +114,8 @@ def unlearn(
         return retrained, record
 
     method_class = get_method(method)
-    config = make_config(method_class.config_class, overrides).resolve(len(splits.forget), model)
+    forget, held_out = split_forget(splits.forget, early_stop)
+    config = make_config(method_class.config_class, overrides).resolve(len(forget), model)
     seed_everything(config.seed)
     unlearned = copy.deepcopy(model)
     if grad_checkpointing:
@@ -118,7 +126,7 @@ def unlearn(
     scope = restrict_parameters(unlearned, config.towers, config.parameter_filter)
     tokens = TokenCache(tokenizer, model.config.context_length)
     context = MethodContext(
-        original, splits.retain.canonical_captions(), splits.forget.canonical_captions(), tokens, config.seed,
+        original, splits.retain.canonical_captions(), forget.canonical_captions(), tokens, config.seed,
         splits.request.kind,
     )
     instance = method_class(config, context)
@@ -126,14 +134,14 @@ def unlearn(
     objective = UnlearningObjective(
         instance,
         PairSampler(splits.retain, tokens, config.retain_batch_size, config.seed),
-        PairSampler(splits.forget, tokens, config.forget_batch_size, config.seed + 1, drop_last=False),
+        PairSampler(forget, tokens, config.forget_batch_size, config.seed + 1, drop_last=False),
     )
     optim = OptimConfig(
         steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
         cosine=False, checkpoint_every=checkpoint_interval(config.steps, checkpoint_every), precision=precision,
         freeze_norm_statistics=True,
     )
-    should_stop = None if early_stop is None else _early_stopper(early_stop, splits, tokenizer, unlearned)
+    should_stop = None if early_stop is None else _early_stopper(early_stop, held_out, tokenizer, unlearned)
     instance.prepare(unlearned, objective.retain, objective.forget)
     try:
         result = train(
@@ -145,6 +153,7 @@ def unlearn(
     record = UnlearnRecord(
         method, config.to_dict(), splits.request.to_dict(), result.steps, result.seconds, result.history,
         stopped_early=result.steps < config.steps, faults=result.faults, updated_parameters=scope,
+        held_out=0 if held_out is None else len(held_out),
     )
     return unlearned, record
 
@@ -154,10 +163,19 @@ def _splits(request: UnlearningRequest, data: str | tuple[PairDataset, PairDatas
     return make_splits(train_data, test_data, request)
 
 
-def _early_stopper(rule: EarlyStop, splits: UnlearningSplits, tokenizer: Tokenizer, model: ContrastiveModel):
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randperm(len(splits.forget), generator=generator)[: rule.slice_size]
-    validation = splits.forget.subset(picks)
+def split_forget(forget: PairDataset, rule: EarlyStop | None) -> tuple[PairDataset, PairDataset | None]:
+    """``(trained on, held out)``: without an early-stop rule all of D_f is trained on; with one,
+    a seeded draw of ``min(slice_size, |D_f| // 5)`` pairs (at least one) is held out for its checks."""
+    if rule is None:
+        return forget, None
+    if len(forget) < 2:
+        raise ValueError(f"early stopping holds out part of D_f, which has only {len(forget)} pair(s)")
+    order = torch.randperm(len(forget), generator=torch.Generator().manual_seed(0))
+    size = max(1, min(rule.slice_size, len(forget) // 5))
+    return forget.subset(order[size:].sort().values), forget.subset(order[:size].sort().values)
+
+
+def _early_stopper(rule: EarlyStop, validation: PairDataset, tokenizer: Tokenizer, model: ContrastiveModel):
     prompts = class_prompts(validation)
 
     def should_stop(steps_done: int) -> bool:

@@ -195,6 +195,7 @@ def unlearn_run(
         "environment": environment(),
         "run": {
             "steps": record.steps, "seconds": record.seconds, "stopped_early": record.stopped_early,
+            "early_stop_held_out": record.held_out,
             "faults": record.faults, "precision": precision, "grad_checkpointing": grad_checkpointing,
             "peak_memory_bytes": peak.peak_bytes,
         },
