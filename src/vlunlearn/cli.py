@@ -1,4 +1,4 @@
-"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate``, ``zeroshot`` and ``report``."""
+"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate``, ``zeroshot``, ``report`` and ``study``."""
 
 from __future__ import annotations
 
@@ -152,6 +152,37 @@ def _zeroshot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_command(args: argparse.Namespace) -> int:
+    from vlunlearn.study import PRESETS, load_spec, preset, run_study
+
+    if args.spec in PRESETS:
+        spec = preset(args.spec, quick=args.quick)
+    elif Path(args.spec).is_file():
+        if args.quick:
+            raise VlunlearnError("--quick reduces the presets (hac, multidelete); a study file sets its own grid")
+        spec = load_spec(Path(args.spec))
+    else:
+        raise VlunlearnError(f"{args.spec!r} is neither a preset ({', '.join(PRESETS)}) nor a study file (.toml/.yaml)")
+    if args.seeds is not None:
+        spec = spec.with_seeds(args.seeds)
+    parameters = {key: _number_or_text(value) for key, value in map(_key_value, args.slurm)}
+    counts = run_study(spec, Path(args.out), jobs=args.jobs, executor=args.executor, progress=not args.quiet,
+                       executor_parameters=parameters)
+    if counts["failed"]:  # recorded and reported: a study with failed cells still completes
+        print(f"vlunlearn: {counts['failed']} cell(s) failed (see {Path(args.out) / 'cells'}/*/failed.json); "
+              "rerun the same command to retry them", file=sys.stderr)
+    return 0
+
+
+def _number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -287,6 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN", help="run folder or results.json (demo, evaluate, unlearn)")
     report.add_argument("--out", required=True, help="new report folder")
     report.set_defaults(func=_report_command)
+
+    study = commands.add_parser(
+        "study", help="a grid of unlearning runs over geometries, methods, requests and seeds, with its claims checked",
+        description="Run a study: a preset (hac, multidelete) or a .toml/.yaml study file (see vlunlearn.study.spec). "
+        "Rerunning the same command resumes it: finished cells are skipped, failed ones retried.",
+    )
+    study.add_argument("spec", metavar="PRESET_OR_FILE", help="hac, multidelete, or a study file")
+    study.add_argument("--out", required=True, help="study folder (created, or resumed when it holds the same study)")
+    study.add_argument("--seeds", type=int, metavar="N", help="use the seeds 0..N-1 instead of the study's")
+    study.add_argument("--quick", action="store_true", help="a preset's reduced grid (2 seeds, short recipe): a smoke run")
+    study.add_argument("--jobs", type=int, default=1, metavar="N", help="local worker processes (default 1)")
+    study.add_argument("--executor", choices=("local", "slurm"), default="local",
+                       help="local processes, or SLURM through submitit (pip install 'vlunlearn[cluster]')")
+    study.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="a submitit parameter for --executor slurm, e.g. timeout_min=120 or slurm_partition=cpu")
+    study.add_argument("--quiet", action="store_true", help="no progress lines")
+    study.set_defaults(func=_study_command)
     return parser
 
 
