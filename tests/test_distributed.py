@@ -17,7 +17,7 @@ from vlunlearn.cli import main
 from vlunlearn.models import build_model, load_model, save_model
 from vlunlearn.training.distributed import _shard_sizes, data_parallel, is_distributed, is_main
 
-BUDGET = ["--set", "steps=3", "--set", "retain_batch_size=17", "--set", "forget_batch_size=9", "--quiet"]
+BUDGET = ["--set", "steps=3", "--set", "lr=2e-4", "--set", "retain_batch_size=17", "--set", "forget_batch_size=9", "--quiet"]
 
 
 def test_single_process_data_parallel_is_the_plain_call():

@@ -337,11 +337,22 @@ def test_unlearn_help_lists_every_method_with_its_default_budget(capsys):
     assert sum("default budget" in line for line in lines) == len(available_methods())
 
 
+def test_min_steps_floors_a_budget_from_epochs_but_not_explicit_steps():
+    model = SimpleNamespace(config=SimpleNamespace(name="tiny"))
+    config = make_config(ACConfig, {"epochs": 1, "min_steps": 20, "forget_batch_size": 64})
+    assert config.resolve(625, model).steps == 20  # 10 batches per pass: the floor
+    assert config.resolve(1564, model).steps == 25  # 25 batches per pass: above the floor
+    assert make_config(ACConfig, {"min_steps": 20, "steps": 3}).resolve(625, model).steps == 3
+    assert make_config(ACConfig, {"min_steps": 1, "epochs": 0.01}).resolve(625, model).steps == 1
+    with pytest.raises(ConfigError, match="min_steps"):
+        make_config(ACConfig, {"min_steps": 0})
+
+
 def test_budget_wording_and_zero_epochs_or_lr_are_refused():
     from vlunlearn.methods.neggrad import NegGradConfig
 
     assert NegGradConfig.budget() == "1 epoch over D_f; lr 5.0e-05 on tiny models, 2.5e-06 on released ones"
-    assert ACConfig.budget() == "2 epochs over D_f; lr 2.0e-04 on tiny models, 1.0e-05 on released ones"
+    assert ACConfig.budget() == "1 epoch over D_f (at least 30 steps); lr 4.0e-04 on tiny models, 2.0e-05 on released ones"
     for bad in ({"epochs": 0.0}, {"lr": 0.0}):
         with pytest.raises(ConfigError):
             make_config(ACConfig, bad)

@@ -168,7 +168,7 @@ def test_epochs_budget_and_sample_requests(tokenizer):
     ids = tuple(train.ids[:20])
     model = build_model("tiny", "euclidean")
     _, record = unlearn(model, UnlearningRequest(sample_ids=ids), "ac", data=(train, test), tokenizer=tokenizer,
-                        progress=False, epochs=2, forget_batch_size=8, retain_batch_size=16, partner_pool="forget")
+                        progress=False, epochs=2, min_steps=1, forget_batch_size=8, retain_batch_size=16, partner_pool="forget")
     assert record.steps == 2 * math.ceil(20 / 8)  # every forget pair seen in each of the 2 passes
     assert record.request["sample_ids"] == list(ids) or tuple(record.request["sample_ids"]) == ids
 

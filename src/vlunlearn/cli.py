@@ -93,8 +93,8 @@ def _unlearn_command(args: argparse.Namespace) -> int:
 
     request = _request(args)
     overrides = dict(_key_value(item) for item in args.set)
-    if args.epochs is not None:
-        overrides["epochs"] = str(args.epochs)
+    if args.epochs is not None:  # exactly E passes: no step floor unless --set min_steps=N says so
+        overrides = {"min_steps": "1", **overrides, "epochs": str(args.epochs)}
     record = unlearn_run(
         Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
         test_data=args.test_data, early_stop_target=args.early_stop, resume=args.resume,
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids to forget, one per line")
     unlearn.add_argument("--method", default="hac", help="unlearning method (listed below), or 'retrain' for the oracle")
     unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
-    unlearn.add_argument("--epochs", type=float, help="budget in passes over D_f (same as --set epochs=N)")
+    unlearn.add_argument("--epochs", type=float, help="budget: exactly E passes over D_f (--set epochs=E keeps the method's floor of min_steps)")
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when accuracy on a held-out fifth of D_f (at most 256 pairs, not trained on) falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
