@@ -283,7 +283,7 @@ def _fake_record(spec, cell, out):
 
 def test_cells_that_need_a_failed_cell_fail_and_a_rerun_retries_them(tmp_path, small_data, monkeypatch):
     monkeypatch.setattr(runner, "cell_record", _fake_record)
-    monkeypatch.setattr(runner, "_report", lambda out, say: None)
+    monkeypatch.setattr(runner, "write_study_report", lambda out: out / "report.md")  # fake records: nothing to report
     spec = tiny_spec(seeds=(0, 1))
     counts = run_study(spec, tmp_path / "s", progress=False)
     assert {k: counts[k] for k in ("done", "skipped", "failed")} == {"done": 4, "skipped": 0, "failed": 2}
@@ -302,7 +302,7 @@ def test_cells_that_need_a_failed_cell_fail_and_a_rerun_retries_them(tmp_path, s
 
 def test_a_folder_that_is_not_this_study_is_refused(tmp_path, small_data, monkeypatch):
     monkeypatch.setattr(runner, "cell_record", lambda spec, cell, out: {"cell": cell.id})
-    monkeypatch.setattr(runner, "_report", lambda out, say: None)
+    monkeypatch.setattr(runner, "write_study_report", lambda out: out / "report.md")  # fake records: nothing to report
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a study folder"):

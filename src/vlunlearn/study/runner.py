@@ -27,6 +27,7 @@ import torch
 from vlunlearn.errors import ConfigError
 from vlunlearn.runs import write_json
 from vlunlearn.study.grid import Cell, cells, study_data, waves
+from vlunlearn.study.report import write_study_report
 from vlunlearn.study.spec import StudySpec
 
 EXECUTORS = ("local", "slurm")
@@ -54,7 +55,7 @@ def run_study(
     finished cell.
 
     Returns ``{"done", "skipped", "failed"}`` (cell counts of this run) and ``"report"`` (the
-    report's path, or ``None`` when the analysis is not installed).
+    report's path).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
@@ -75,7 +76,9 @@ def run_study(
         for wave in waves(grid):
             _run_wave(wave, run, out, counts, done_before, len(grid), say)
     say(f"study {spec.name}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
-    return {**counts, "report": _report(out, say)}
+    report = write_study_report(out)
+    say(f"report: {report}")
+    return {**counts, "report": str(report)}
 
 
 def _run_wave(wave: list[Cell], run: Callable[[list[Cell]], Iterator[dict]], out: Path, counts: dict[str, int],
@@ -219,6 +222,7 @@ def cell_record(spec: StudySpec, cell: Cell, out: Path) -> dict:
     """Make the cell's model (pretrain, load, retrain or unlearn) and evaluate it: its record."""
     from vlunlearn.data import Tokenizer, UnlearningRequest, make_splits
     from vlunlearn.evaluation.oracle import peak_memory
+    from vlunlearn.evaluation.probe import probe_metrics
     from vlunlearn.unlearning import unlearn
     from vlunlearn.workflows import evaluation_record
 
@@ -241,7 +245,7 @@ def cell_record(spec: StudySpec, cell: Cell, out: Path) -> dict:
     oracle_scores = None if oracle is None else torch.tensor(oracle["artifacts"][ORACLE_SCORES], dtype=torch.float64)
     evaluated = evaluation_record(model, cell.method, splits, test, tokenizer, train_data=train,
                                   oracle_forget_scores=oracle_scores, seed=cell.seed)
-    metrics = {**evaluated["metrics"], **_probe(model, splits, tokenizer, cell.seed), **cost}
+    metrics = {**evaluated["metrics"], **probe_metrics(model, splits, tokenizer, seed=cell.seed), **cost}
     retrain_seconds = None if oracle is None else oracle["metrics"].get("seconds")
     metrics["ratio_to_retrain"] = cost["seconds"] / retrain_seconds if retrain_seconds and cost["seconds"] is not None else None
     kept = (*KEPT_ARTIFACTS, ORACLE_SCORES) if cell.method == "retrain" else KEPT_ARTIFACTS
@@ -293,28 +297,3 @@ def _save(model, folder: Path, recipe: dict, cell: Cell) -> None:
 
 def _read_record(out: Path, cell_id: str) -> dict:
     return json.loads((out / "cells" / cell_id / "record.json").read_text(encoding="utf-8"))
-
-
-def _probe(model, splits, tokenizer, seed: int) -> dict:
-    """The unimodal probe metrics of :mod:`vlunlearn.evaluation.probe`, when it is installed."""
-    try:
-        from vlunlearn.evaluation.probe import probe_metrics
-    except ModuleNotFoundError as error:
-        if error.name != "vlunlearn.evaluation.probe":
-            raise
-        return {}
-    return probe_metrics(model, splits, tokenizer, seed=seed)
-
-
-def _report(out: Path, say) -> str | None:
-    """Write the study report with :func:`vlunlearn.study.report.write_study_report`, when present."""
-    try:
-        from vlunlearn.study.report import write_study_report
-    except ModuleNotFoundError as error:
-        if error.name != "vlunlearn.study.report":
-            raise
-        say("note: vlunlearn.study.report is not installed; no study report written")
-        return None
-    path = write_study_report(out)
-    say(f"report: {path}")
-    return str(path)
