@@ -14,6 +14,10 @@ strings) and optional ``id``::
 Image paths are relative to ``root`` (absolute paths are used as they are). An item's id is
 its ``id`` field, or else its path as written; ids must be unique, so an image that appears
 in several rows (several captions) needs an ``id`` column.
+
+Concepts may be concept paths, generic -> specific (``number/odd/seven``), and a hierarchy file
+(child -> parent) may come with the data; without either, the hierarchy the concept lists imply
+is used. See :mod:`vlunlearn.data.concept_tree` for how classes and labels follow.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vlunlearn.data.concept_tree import concept_labels
 from vlunlearn.data.datasets import PairDataset
+from vlunlearn.data.hierarchy import ConceptHierarchy
 from vlunlearn.data.streaming import ImageFiles, ImageSource
 from vlunlearn.errors import DataError
 
@@ -42,6 +48,8 @@ def load_image_text_folder(
     channels: int = 3,
     stream: bool = False,
     workers: int = 0,
+    hierarchy: str | Path | ConceptHierarchy | None = None,
+    level_captions: bool = False,
 ) -> PairDataset:
     """Read image-text pairs described by an annotation file.
 
@@ -56,15 +64,23 @@ def load_image_text_folder(
         stream: keep the images on disk and decode each batch when it is needed
             (:class:`~vlunlearn.data.streaming.ImageFiles`); every file is still checked now.
         workers: processes that decode streamed batches (0: this process).
+        hierarchy: a child -> parent file (CSV/TSV ``child,parent``, JSON or YAML), or the
+            ConceptHierarchy to put the items on (the training data's, for test data); None:
+            concept paths in the data, else the hierarchy its concept lists imply.
+        level_captions: give each item with a class its hierarchy's captions, generic ->
+            specific, before its own caption, which stays last (the canonical one).
 
     Returns:
-        A ``PairDataset`` with uint8 ``(N, channels, image_size, image_size)`` images and one caption
-        per item. ``class_names`` are the sorted distinct concepts; an item's label is the
-        index of its concept when it has exactly one, else -1.
+        A ``PairDataset`` with uint8 ``(N, channels, image_size, image_size)`` images and its
+        captions. With a hierarchy (paths, a file, or an implied tree of two levels or more),
+        ``class_names`` are its leaves, concepts are closed upward and labels are the most
+        specific class (-1 when that is not one class). Without one, ``class_names`` are the
+        sorted distinct concepts and an item's label is its concept when it has exactly one.
 
     Raises:
         DataError: naming the file (and line) of a missing annotation file, a malformed row,
-            a missing or unreadable image, or a repeated id.
+            a missing or unreadable image, a repeated id, or a concept hierarchy that cannot be
+            built (see :mod:`vlunlearn.data.concept_tree`).
     """
     if int(image_size) < 1:
         raise DataError(f"image_size must be a positive integer, not {image_size!r}")
@@ -89,21 +105,19 @@ def load_image_text_folder(
             )
         first_line[record["id"]] = line
 
-    files = [(_resolve(root, record["path"]), f"{path}, line {line}") for line, record in rows]
-    images = _images(files, int(image_size), channels, stream, workers)
-    concepts = [frozenset(record["concepts"]) for _, record in rows]
-    class_names = tuple(sorted(set().union(*concepts)))
-    index = {c: k for k, c in enumerate(class_names)}
-    labels = torch.tensor([index[next(iter(c))] if len(c) == 1 else -1 for c in concepts], dtype=torch.int64)
+    where = [f"{path}, line {line}" for line, _ in rows]
+    tree = concept_labels([record["concepts"] for _, record in rows], where, name or path.stem, hierarchy, str(path))
+    images = _images([(_resolve(root, record["path"]), w) for (_, record), w in zip(rows, where)], int(image_size), channels,
+                     stream, workers)
     return PairDataset(
         name=name or path.stem,
         images=images,
-        captions=[(record["caption"],) for _, record in rows],
-        concepts=concepts,
-        labels=labels,
+        captions=tree.captions([record["caption"] for _, record in rows], level_captions),
+        concepts=tree.concepts,
+        labels=tree.labels,
         ids=[record["id"] for _, record in rows],
-        class_names=class_names,
-        hierarchy=None,
+        class_names=tree.class_names,
+        hierarchy=tree.hierarchy,
     )
 
 
@@ -253,7 +267,13 @@ TAR_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def load_tar_shards(
-    shards: list[str | Path], image_size: int, channels: int = 3, workers: int = 0, name: str | None = None
+    shards: list[str | Path],
+    image_size: int,
+    channels: int = 3,
+    workers: int = 0,
+    name: str | None = None,
+    hierarchy: str | Path | ConceptHierarchy | None = None,
+    level_captions: bool = False,
 ) -> PairDataset:
     """Image-text pairs from WebDataset-style tar shards, streamed (see :mod:`vlunlearn.data.streaming`).
 
@@ -261,11 +281,13 @@ def load_tar_shards(
     an image (``.jpg``, ``.jpeg``, ``.png``, ``.webp`` or ``.bmp``), and its caption in
     ``.txt`` or in ``.json`` (``{"caption": ..., "concepts": [...]}``). The key is the item's
     id. Only the tar headers and the small text members are read here; images are decoded
-    when a batch needs them.
+    when a batch needs them. Concepts, ``hierarchy`` and ``level_captions`` work as in
+    :func:`load_image_text_folder`.
 
     Raises:
         DataError: a shard that is missing or not a tar file, an item without an image or a
-            caption (naming shard and key), or no items at all.
+            caption (naming shard and key), no items at all, or a concept hierarchy that
+            cannot be built.
     """
     items: dict[str, dict] = {}
     for shard in map(Path, shards):
@@ -289,26 +311,27 @@ def load_tar_shards(
             raise DataError(f"{shard}: not a readable tar shard of images and UTF-8 captions ({error})") from None
     if not items:
         raise DataError(f"no items in {', '.join(map(str, shards)) or 'no shards'}")
-    sources, captions, concepts = [], [], []
+    sources, captions, concepts, where = [], [], [], []
     for key, item in items.items():
-        where = f"{item['shard']}, item {key!r}"
+        place = f"{item['shard']}, item {key!r}"
         meta = json.loads(item["json"]) if "json" in item else {}
         caption = meta.get("caption") if isinstance(meta, dict) else None
         caption = item.get("txt", caption)
         if "image" not in item or not isinstance(caption, str) or not caption.strip():
-            raise DataError(f"{where}: every item needs an image and a caption (.txt, or 'caption' in .json)")
-        sources.append(ImageSource(item["shard"], item["image"], where))
-        captions.append((caption.strip(),))
-        concepts.append(frozenset(meta.get("concepts") or ()) if isinstance(meta, dict) else frozenset())
-    class_names = tuple(sorted(set().union(*concepts)))
-    index = {c: k for k, c in enumerate(class_names)}
+            raise DataError(f"{place}: every item needs an image and a caption (.txt, or 'caption' in .json)")
+        sources.append(ImageSource(item["shard"], item["image"], place))
+        captions.append(caption.strip())
+        concepts.append((meta.get("concepts") or []) if isinstance(meta, dict) else [])
+        where.append(place)
+    name = name or Path(shards[0]).stem
+    tree = concept_labels(concepts, where, name, hierarchy, ", ".join(map(str, shards)))
     return PairDataset(
-        name=name or Path(shards[0]).stem,
+        name=name,
         images=ImageFiles(sources, image_size, channels, workers),
-        captions=captions,
-        concepts=concepts,
-        labels=torch.tensor([index[next(iter(c))] if len(c) == 1 else -1 for c in concepts], dtype=torch.int64),
+        captions=tree.captions(captions, level_captions),
+        concepts=tree.concepts,
+        labels=tree.labels,
         ids=list(items),
-        class_names=class_names,
-        hierarchy=None,
+        class_names=tree.class_names,
+        hierarchy=tree.hierarchy,
     )

@@ -1,4 +1,5 @@
-"""Concept hierarchies: leaf classes, their ancestors, and the captions and prompts made from them.
+"""Concept hierarchies: leaf classes, their ancestors, the captions and prompts made from them,
+and users' hierarchy files (child -> parent edges).
 
 A hierarchy is a tree whose root is the most generic concept ("clothing"), whose middle
 level groups classes into families ("footwear") and whose leaves are the classes of a
@@ -9,9 +10,14 @@ text entails image".
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -19,6 +25,7 @@ import numpy as np
 from vlunlearn.errors import DataError, RequestError
 
 LEVELS = ("generic", "family", "class")
+Edges = dict[str, tuple[str, str]]  # child -> (parent, where the edge is written), as users' files give them
 
 _ARTICLE = re.compile(r"\ba \{\}")
 _CONSONANT_SOUND = ("one", "uni", "use", "eu")  # vowel letters that sound like "w" or "y"
@@ -54,6 +61,9 @@ class ConceptHierarchy:
         prompt_templates: the zero-shot prompt ensemble for class names.
         levels: level names ordered generic -> specific; the root is at ``levels[0]`` and
             every class at ``levels[-1]``.
+        synthetic_root: the root was added above several top concepts (users' trees, see
+            :mod:`vlunlearn.data.concept_tree`): no caption names it and no item shows it.
+        notes: how the hierarchy was made, for reports (not compared).
     """
 
     name: str
@@ -63,6 +73,8 @@ class ConceptHierarchy:
     caption_templates: Mapping[str, tuple[str, ...]] = field(hash=False)
     prompt_templates: tuple[str, ...]
     levels: tuple[str, ...] = LEVELS
+    synthetic_root: bool = False
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -70,6 +82,7 @@ class ConceptHierarchy:
         object.__setattr__(self, "caption_templates", {k: tuple(v) for k, v in self.caption_templates.items()})
         object.__setattr__(self, "prompt_templates", tuple(self.prompt_templates))
         object.__setattr__(self, "levels", tuple(self.levels))
+        object.__setattr__(self, "notes", tuple(self.notes))
         problem = self._problem()
         if problem:
             raise DataError(f"invalid concept hierarchy {self.name!r}: {problem}")
@@ -148,8 +161,13 @@ class ConceptHierarchy:
 
     # ---------------------------------------------------------------- text
 
+    @property
+    def caption_levels(self) -> tuple[str, ...]:
+        """The levels :meth:`captions_for` writes a caption for: every level but an added root's."""
+        return self.levels[1:] if self.synthetic_root else self.levels
+
     def captions_for(self, class_name: str, rng: random.Random | np.random.Generator) -> tuple[str, ...]:
-        """One caption per level, generic -> specific, for an image of ``class_name``.
+        """One caption per level of :attr:`caption_levels`, generic -> specific, for an image of ``class_name``.
 
         Each caption fills a template of its level, chosen with ``rng``, with the concept
         of that level on the class's ancestry.
@@ -158,8 +176,9 @@ class ConceptHierarchy:
             self._check(class_name)
             raise RequestError(f"{class_name!r} is not a class of {self.name!r}; classes: {', '.join(self.classes)}")
         chain = self.ancestors(class_name)[::-1]
+        skip = len(self.levels) - len(self.caption_levels)
         captions = []
-        for level, concept in zip(self.levels, chain):
+        for level, concept in list(zip(self.levels, chain))[skip:]:
             templates = self.caption_templates[level]
             captions.append(fill(templates[_choose(rng, len(templates))], concept))
         return tuple(captions)
@@ -239,3 +258,109 @@ DIGITS = ConceptHierarchy(
         "an image of the digit {}.",
     ),
 )
+
+
+# ---------------------------------------------------------------- users' hierarchy files
+
+
+def read_hierarchy_file(path: str | Path) -> dict[str, str]:
+    """child -> parent from a users' hierarchy file (see :func:`read_hierarchy_edges`)."""
+    return {child: parent for child, (parent, _) in read_hierarchy_edges(Path(path)).items()}
+
+
+def read_hierarchy_edges(path: Path) -> Edges:
+    """child -> (parent, where the edge is written) from a users' hierarchy file: CSV or TSV with the
+    header ``child,parent``, or a JSON or YAML mapping ``{"seven": "odd", ...}`` (YAML needs pyyaml).
+
+    Raises:
+        DataError: naming the file and line (or key) of a missing or malformed file, an empty
+            name, a child with two parents, or a cycle.
+    """
+    if not path.is_file():
+        raise DataError(f"hierarchy file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error})") from error
+    if suffix in (".csv", ".tsv"):
+        pairs = _table_pairs(path, text, "\t" if suffix == ".tsv" else ",")
+    elif suffix in (".json", ".yaml", ".yml"):
+        mapping = _json(path, text) if suffix == ".json" else _yaml(path, text)
+        if not isinstance(mapping, dict):
+            raise DataError(f"{path}: expected a mapping of child to parent, like {{\"seven\": \"odd\"}}")
+        pairs = [(child, parent, f"{path}, key {child!r}") for child, parent in mapping.items()]
+    else:
+        raise DataError(f"{path}: unknown hierarchy format {suffix!r}; use .csv or .tsv (child,parent), .json or .yaml")
+    edges: Edges = {}
+    for child, parent, where in pairs:
+        for role, name in (("child", child), ("parent", parent)):
+            if not isinstance(name, str) or not name.strip():
+                raise DataError(f"{where}: the {role} must be a non-empty concept name, not {name!r}")
+        child, parent = child.strip(), parent.strip()
+        if child in edges and edges[child][0] != parent:
+            raise DataError(f"{where}: {child!r} has the parent {parent!r}, but {edges[child][1]} gives it {edges[child][0]!r}")
+        edges.setdefault(child, (parent, where))
+    if not edges:
+        raise DataError(f"{path}: no child -> parent edges")
+    check_acyclic(edges)
+    return edges
+
+
+def _table_pairs(path: Path, text: str, delimiter: str) -> list[tuple[str, str, str]]:
+    """(child, parent, where) of each row of a CSV or TSV file with ``child`` and ``parent`` columns."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    pairs, header = [], None
+    try:
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [cell.strip().lower() for cell in row]
+                if "child" not in header or "parent" not in header:
+                    raise DataError(f"{where}: expected a header with the columns child and parent, not {delimiter.join(row)!r}")
+            elif len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} fields, but the header has {len(header)}")
+            else:
+                pairs.append((row[header.index("child")], row[header.index("parent")], where))
+    except csv.Error as error:
+        raise DataError(f"{path}, line {reader.line_num}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})") from error
+    return pairs
+
+
+def _json(path: Path, text: str):
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        keys = Counter(key for key, _ in pairs)
+        repeated = [key for key, n in keys.items() if n > 1]
+        if repeated:
+            raise DataError(f"{path}: the key {repeated[0]!r} appears {keys[repeated[0]]} times; a child has one parent")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from error
+
+
+def _yaml(path: Path, text: str):
+    try:
+        import yaml
+    except ImportError as error:
+        raise DataError(f"{path}: reading a YAML hierarchy needs pyyaml (pip install pyyaml); or write it as CSV or JSON") from error
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DataError(f"{path}: not valid YAML ({error})") from error
+
+
+def check_acyclic(edges: Edges) -> None:
+    """Raise DataError naming where a cycle of child -> parent ``edges`` is written."""
+    for start in edges:
+        chain = [start]
+        while chain[-1] in edges:
+            parent = edges[chain[-1]][0]
+            if parent in chain:
+                cycle = chain[chain.index(parent):] + [parent]
+                raise DataError(f"{edges[parent][1]}: the concept hierarchy has a cycle (child -> parent): {' -> '.join(cycle)}")
+            chain.append(parent)

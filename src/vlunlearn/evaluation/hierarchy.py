@@ -32,17 +32,23 @@ def _require_hyperbolic(model) -> None:
 def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) -> dict[str, float]:
     """Mean distance to the origin of the distinct captions at each caption level, and of the images.
 
-    Levels are named by ``data.hierarchy.levels`` (generic -> specific) when the data has a
-    hierarchy. In a model that learned the hierarchy the means rise with specificity,
-    and images (the most specific items) lie furthest out.
+    When the data has a hierarchy and items with a caption for each of its
+    ``caption_levels`` (generic -> specific), those items' captions are measured by level and
+    named by it (users' own captions after them are left out). Otherwise caption position
+    ``i`` of every item is ``level{i}``, up to the fewest captions an item has. In a model
+    that learned the hierarchy the means rise with specificity, and images (the most
+    specific items) lie furthest out.
     """
     _require_hyperbolic(model)
     c = model.curvature()
-    depth = min(len(captions) for captions in data.captions)
-    names = data.hierarchy.levels if data.hierarchy is not None else tuple(f"level{i}" for i in range(depth))
+    names = data.hierarchy.caption_levels if data.hierarchy is not None else ()
+    rows = [captions for captions in data.captions if len(captions) >= len(names)]
+    if not names or not rows:  # no hierarchy, or captions not written from it (users' own captions)
+        rows = data.captions
+        names = tuple(f"level{i}" for i in range(min(len(captions) for captions in rows)))
     result = {}
-    for level, name in enumerate(names[:depth]):
-        texts = sorted({captions[level] for captions in data.captions})
+    for level, name in enumerate(names):
+        texts = sorted({captions[level] for captions in rows})
         result[name] = lorentz.dist_to_origin(encode_texts(model, tokenizer, texts), c).mean().item()
     result["images"] = lorentz.dist_to_origin(encode_images(model, data), c).mean().item()
     return result

@@ -44,12 +44,18 @@ def hierarchy_prompts(hierarchy: ConceptHierarchy) -> dict[str, list[str]]:
 
     Classes get their zero-shot ensemble (:meth:`ConceptHierarchy.class_prompts`); families
     and the root get the caption templates of their level (:meth:`ConceptHierarchy.level_prompts`).
+    A root added above a users' top concepts (``synthetic_root``) names nothing and gets none.
     """
-    by_level = {level: hierarchy.level_prompts(level) for level in hierarchy.levels[:-1]}
+    by_level = {level: hierarchy.level_prompts(level) for level in hierarchy.caption_levels[:-1]}
     return {
         name: hierarchy.class_prompts(name) if name in hierarchy.classes else by_level[hierarchy.level_of(name)][name]
-        for name in hierarchy.concepts
+        for name in _named_concepts(hierarchy)
     }
+
+
+def _named_concepts(hierarchy: ConceptHierarchy) -> list[str]:
+    """Every concept of ``hierarchy`` but an added root."""
+    return [name for name in hierarchy.concepts if not (hierarchy.synthetic_root and name == hierarchy.root)]
 
 
 def tree_relation(hierarchy: ConceptHierarchy, predicted: str, true: str) -> str:
@@ -91,13 +97,13 @@ def tree_metrics(hierarchy: ConceptHierarchy, predicted: str, true: str) -> dict
 
 def _candidate_names(hierarchy: ConceptHierarchy, candidates: str | Sequence[str]) -> list[str]:
     if candidates == "all":
-        return list(hierarchy.concepts)
+        return _named_concepts(hierarchy)
     if candidates == "classes":
         return list(hierarchy.classes)
     if isinstance(candidates, str):
         raise ConfigError(f"candidates must be 'all', 'classes' or a list of concepts, not {candidates!r}")
     names = list(candidates)
-    unknown = [name for name in names if name not in hierarchy.concepts]
+    unknown = [name for name in names if name not in _named_concepts(hierarchy)]
     if not names or unknown:
         raise ConfigError(f"candidates must be concepts of {hierarchy.name!r}; unknown: {unknown or 'none given'}")
     return names
@@ -118,7 +124,7 @@ def nearest_concepts(
     Concept embeddings are the geometry mean of each concept's :func:`hierarchy_prompts`
     (as in zero-shot classification); nearest = largest ``model.geometry.pairwise_similarity``,
     ties to the concept listed first. ``candidates``: ``"all"`` (every concept of the
-    hierarchy, the default), ``"classes"`` (leaf classes only) or a list of concept names.
+    hierarchy but an added root, the default), ``"classes"`` (leaf classes only) or a list of concept names.
     """
     hierarchy = _require_hierarchy(data)
     names = _candidate_names(hierarchy, candidates)
