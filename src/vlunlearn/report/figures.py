@@ -21,7 +21,7 @@ from vlunlearn.errors import VlunlearnError
 from vlunlearn.evaluation.alignment import alignment_gap
 from vlunlearn.evaluation.oracle import as_number
 from vlunlearn.io import atomic_path
-from vlunlearn.report.markdown import group_key
+from vlunlearn.report.markdown import MISSING, group_key
 
 __all__ = [
     "alignment_heatmaps",
@@ -81,7 +81,7 @@ def alignment_heatmaps(
     """One heatmap per entry of ``matrices`` (name -> square matrix ``A_ij = s(v_i, t_j)``),
     side by side with one colour scale for all panels, chosen by ``geometry``
     (:func:`heatmap_scale`), and one colour bar; each panel is titled with its name and
-    alignment gap (from ``gaps``, else AC's plain gap of the matrix). When the first
+    alignment gap (from ``gaps``, else AC's plain gap of the matrix; ``–`` when NaN). When the first
     ``forget_rows`` rows/columns are forget pairs and the rest contrast pairs, dashed lines
     separate the blocks. Returns ``path``."""
     if not matrices:
@@ -100,7 +100,7 @@ def alignment_heatmaps(
         gap = (gaps or {}).get(name)
         if gap is None:
             gap = alignment_gap(torch.as_tensor(a)) if len(a) > 1 else math.nan
-        ax.set_title(f"{name}\ngap = {gap:.3f}", fontsize=10)
+        ax.set_title(f"{name}\ngap = {f'{gap:.3f}' if math.isfinite(gap) else MISSING}", fontsize=10)
         split = forget_rows is not None and 0 < forget_rows < len(a)
         if split:
             for draw in (ax.axhline, ax.axvline):

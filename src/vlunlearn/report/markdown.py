@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vlunlearn.evaluation.oracle import as_number, oracle_gap
+from vlunlearn.evaluation.suite import NOT_APPLICABLE
 
 __all__ = ["render_report", "group_records", "order_methods", "MISSING"]
 
@@ -55,6 +56,7 @@ DETAIL_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("D_f image d0", "forget_image_d0", 2),
 )
 INTERVALS = {"mia_calibrated_auc": "mia_calibrated_auc", "mia_auc": "mia_auc"}  # keys with a bootstrap interval
+NOT_MEASURED = "Not measured on this data (left out, shown as –), and why:"
 MIA_NOTE = (
     "The untouched original's {which} membership-attack interval [{low:.3f}, {high:.3f}] contains 0.5: "
     "this attack cannot tell its training pairs from unseen ones on this data, so its values below prove nothing "
@@ -152,7 +154,24 @@ def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
         cells += [_metric(record, key, decimals) for _, key, decimals in COLUMNS]
         cells.append("n/a" if retrain is None else (f"**{_fmt(gap, 3)}**" if closest else _fmt(gap, 3)))
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""] + _mia_notes(ordered) + _details(ordered) + _traversals(ordered)
+    return lines + [""] + _not_measured(ordered) + _mia_notes(ordered) + _details(ordered) + _traversals(ordered)
+
+
+def _not_measured(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics the group's records left out (``artifacts.metrics_not_applicable``), grouped
+    by reason: one line per reason, naming the metric keys."""
+    reasons: dict[str, str] = {}
+    for record in ordered:
+        for key, reason in ((record.get("artifacts") or {}).get(NOT_APPLICABLE) or {}).items():
+            reasons.setdefault(str(key), str(reason))
+    keys_by_reason: dict[str, list[str]] = {}
+    for key, reason in reasons.items():
+        keys_by_reason.setdefault(reason, []).append(key)
+    if not keys_by_reason:
+        return []
+    lines = [NOT_MEASURED, ""]
+    lines += [f"- {', '.join(f'`{key}`' for key in keys)}: {_cell(reason)}" for reason, keys in keys_by_reason.items()]
+    return lines + [""]
 
 
 def _traversals(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -221,12 +240,17 @@ GUIDE = (
 )
 
 
-def render_report(results: Mapping[str, Any], figures: Sequence[str] | None = None) -> str:
+def render_report(
+    results: Mapping[str, Any], figures: Sequence[str] | None = None, skipped_figures: Sequence[str] | None = None,
+) -> str:
     """The markdown report of a results document (see :mod:`vlunlearn.report`).
 
     ``figures`` are paths relative to the report's folder (``figures/...png``) that
     :func:`vlunlearn.report.writer.write_report` produced; they are shown in a "Figures"
-    section, each with a caption chosen by its file name's prefix. Missing metrics show as ``–``.
+    section, each with a caption chosen by its file name's prefix; ``skipped_figures`` are
+    one-line notes on figures left out for want of inputs, listed after them. Missing metrics
+    show as ``–``; those a record names in ``artifacts.metrics_not_applicable`` are listed
+    under their table with the reason.
     """
     lines = ["# vlunlearn results", "", _summary(results), "", GUIDE, ""]
     records = results.get("records") or []
@@ -248,4 +272,6 @@ def render_report(results: Mapping[str, Any], figures: Sequence[str] | None = No
                 lines += [f"_{caption}_", ""]
     else:
         lines += ["_No figures were produced._", ""]
+    if skipped_figures:
+        lines += [f"- Not drawn: {_cell(note)}" for note in skipped_figures] + [""]
     return "\n".join(lines)
