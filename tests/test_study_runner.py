@@ -60,7 +60,7 @@ def small_digits(name, split):
 @pytest.fixture
 def small_data(monkeypatch):
     """Digits cut to 400 training and 200 test items, in this process (not in spawned workers)."""
-    monkeypatch.setattr("vlunlearn.workflows.load_builtin", small_digits)
+    monkeypatch.setattr("vlunlearn.data.sources.load_builtin", small_digits)
     monkeypatch.setattr(grid_module, "_DATA", {})
 
 

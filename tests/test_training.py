@@ -225,6 +225,21 @@ def test_mixed_caption_weights_draw_every_level(digits_train, tokenizer):
     assert all(c > 40 for c in counts), counts
 
 
+def test_items_with_other_caption_counts_draw_every_caption_canonical_by_the_last_weight(digits_train, tokenizer):
+    # users' level captions: e.g. three hierarchy captions plus the user's own, or only the user's own
+    data = digits_train.subset(range(300))
+    data.captions = [(f"generic {i}", f"family {i}", f"class {i}", f"own {i}") if i % 3 else (f"only {i}",)
+                     for i in range(len(data))]
+    sampler = _sampler(data, tokenizer, batch_size=300, weights=(0.1, 0.2, 0.7))
+    drawn = [c for step in range(4) for c in sampler._captions(sampler.indices(step), step)]
+    four = [c for c in drawn if not c.startswith("only")]
+    assert all(c.startswith("only") for c in drawn if c.startswith("only"))
+    assert len(drawn) - len(four) == 4 * 100  # an item with one caption always gets it
+    share = {word: sum(c.startswith(word) for c in four) / len(four) for word in ("own", "generic", "family", "class")}
+    assert abs(share["own"] - 0.7) < 0.06, share  # the canonical caption with the last weight's probability
+    assert all(0.05 < share[word] < 0.15 for word in ("generic", "family", "class")), share  # the rest uniformly
+
+
 def test_batch_size_is_capped_at_the_dataset_size(digits50, tokenizer):
     sampler = _sampler(digits50, tokenizer, batch_size=1000)
     assert sampler.batch_size == 50 and sampler.steps_per_epoch == 1

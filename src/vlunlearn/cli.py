@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 import tempfile
@@ -11,6 +12,17 @@ import time
 import traceback
 from pathlib import Path
 
+from vlunlearn.cli_arguments import (
+    RECIPE_HELP,
+    add_compute_arguments,
+    add_data_arguments,
+    add_recipe_arguments,
+    add_workers_argument,
+    add_zero_shot_arguments,
+    data_source,
+    key_value,
+    stated_recipe,
+)
 from vlunlearn.errors import RunInterrupted, VlunlearnError
 
 EXIT_CODES = """exit codes:
@@ -21,19 +33,26 @@ EXIT_CODES = """exit codes:
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
-    from vlunlearn.training.pretrain import PretrainConfig
+    from vlunlearn.training.pretrain import pretrain_recipe
     from vlunlearn.workflows import pretrain_run
 
-    geometry = args.geometry or ("lorentz" if args.model.startswith("meru") else "euclidean")
-    config = PretrainConfig(model=args.model, geometry=geometry, seed=args.seed, **_steps(args))
+    config, start = pretrain_recipe(stated_recipe(args), model=args.model, geometry=args.geometry, seed=args.seed,
+                                    init=args.init)
     record = pretrain_run(
-        config, args.data, Path(args.out), resume=args.resume, precision=args.precision,
-        grad_checkpointing=args.grad_checkpointing, progress=not args.quiet,
+        config, data_source(args), Path(args.out), templates=args.prompt, start=start, resume=args.resume,
+        precision=args.precision, grad_checkpointing=args.grad_checkpointing, progress=not args.quiet,
     )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
-    accuracy = record["metrics"]["zero_shot_test"]["micro"]
-    print(f"{args.model}/{geometry} on {args.data}: zero-shot test top-1 {accuracy:.2f}% -> {args.out}")
+    metrics = record["metrics"]
+    score = (f"zero-shot test top-1 {metrics['zero_shot_test']['micro']:.2f}%" if "zero_shot_test" in metrics
+             else f"test image->text R@1 {metrics['retrieval_test']['i2t_r1']:.2f}% (no test item has a class)")
+    start_point = f" from {config.init}" if config.init else ""
+    for line in record["data"].get("description", ()):  # a user's data: its classes and the hierarchy found
+        print(line)
+    for warning in record.get("warnings", ()):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{config.model}/{config.geometry}{start_point} on {args.data}: {score} -> {args.out}")
     return 0
 
 
@@ -92,23 +111,29 @@ def _unlearn_command(args: argparse.Namespace) -> int:
     from vlunlearn.workflows import unlearn_run
 
     request = _request(args)
-    overrides = dict(_key_value(item) for item in args.set)
+    overrides = dict(key_value(item) for item in args.set)
     if args.epochs is not None:  # exactly E passes: no step floor unless --set min_steps=N says so
         overrides = {"min_steps": "1", **overrides, "epochs": str(args.epochs)}
     record = unlearn_run(
-        Path(args.checkpoint), args.data, request, args.method, Path(args.out), overrides=overrides,
-        test_data=args.test_data, early_stop_target=args.early_stop, resume=args.resume,
-        precision=args.precision, grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, workers=args.workers,
-        progress=not args.quiet,
+        Path(args.checkpoint), data_source(args), request, args.method, Path(args.out), overrides=overrides,
+        templates=args.prompt, early_stop_target=args.early_stop, resume=args.resume, precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing, sha256=args.sha256, progress=not args.quiet,
     )
     if not record:  # a distributed run's other ranks: rank 0 reports
         return 0
     after = record["metrics"]["unlearned"]
+
+    def percent(key: str) -> str:  # NaN: the data gives that split no class to measure
+        value = after.get(key)
+        return "not measured" if value is None or math.isnan(value) else f"{value:.1f}%"
+
     print(
-        f"{args.method}: forgot {request.describe()} in {record['run']['steps']} steps "
-        f"({record['run']['seconds']:.1f} s); zero-shot test forget {after['zs_test_forget']:.1f}%, "
-        f"retain {after['zs_test_retain']:.1f}% -> {args.out}"
+        f"{args.method}: {request.describe()} in {record['run']['steps']} steps "
+        f"({record['run']['seconds']:.1f} s); zero-shot test forget {percent('zs_test_forget')}, "
+        f"retain {percent('zs_test_retain')} -> {args.out}"
     )
+    for warning in record.get("warnings", ()):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -117,9 +142,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     request = _request(args) if (args.forget or args.forget_ids) else None
     results = evaluate_run(
-        [Path(c) for c in args.checkpoint], args.data, Path(args.out), test_data=args.test_data, request=request,
+        [Path(c) for c in args.checkpoint], data_source(args), Path(args.out), templates=args.prompt, request=request,
         original=Path(args.original) if args.original else None, retrain=Path(args.retrain) if args.retrain else None,
-        sha256=args.sha256, seed=args.seed, workers=args.workers, progress=not args.quiet,
+        sha256=args.sha256, seed=args.seed, progress=not args.quiet,
     )
     _print_table(results, f"Evaluation on {args.data} ({results['config']['request']}):")
     print(f"\nReport: {Path(args.out) / 'report.md'}")
@@ -165,7 +190,7 @@ def _study_command(args: argparse.Namespace) -> int:
         raise VlunlearnError(f"{args.spec!r} is neither a preset ({', '.join(PRESETS)}) nor a study file (.toml/.yaml)")
     if args.seeds is not None:
         spec = spec.with_seeds(args.seeds)
-    parameters = {key: _number_or_text(value) for key, value in map(_key_value, args.slurm)}
+    parameters = {key: _number_or_text(value) for key, value in map(key_value, args.slurm)}
     counts = run_study(spec, Path(args.out), jobs=args.jobs, executor=args.executor, progress=not args.quiet,
                        executor_parameters=parameters)
     if counts["failed"]:  # recorded and reported: a study with failed cells still completes
@@ -183,52 +208,16 @@ def _number_or_text(value: str) -> int | float | str:
     return value
 
 
-def _key_value(item: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise VlunlearnError(f"--set expects key=value, got {item!r}")
-    return key.strip(), value.strip()
-
-
 def _methods_help() -> str:
     from vlunlearn.methods import method_summaries
 
     width = max(len(name) for name, _, _ in method_summaries())
     lines = [f"  {name:<{width}}  {summary}\n  {'':<{width}}  default budget: {budget}"
              for name, summary, budget in method_summaries()]
-    oracle = f"  {'retrain':<{width}}  the oracle: pretrain from scratch on D_r with the original recipe"
+    oracle = (f"  {'retrain':<{width}}  the oracle: pretrain on D_r with the recipe recorded in the checkpoint (from\n"
+              f"  {'':<{width}}  scratch, or from its --init checkpoint); a checkpoint without one needs it stated:\n"
+              f"  {'':<{width}}  --set steps=N --set lr=X ... (the rest: the pretrain defaults)")
     return "methods (--method; settings with --set KEY=VALUE):\n" + "\n".join(lines + [oracle])
-
-
-def _steps(args: argparse.Namespace) -> dict:
-    return {} if args.steps is None else {"steps": args.steps}
-
-
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlunlearn.data.builtin import BUILTIN_DATASETS
-
-    parser.add_argument(
-        "--data", default="fashion-mnist", metavar="NAME|FILE",
-        help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}), an annotation file (CSV/JSONL: path, caption, "
-        "concepts, id; image paths relative to its folder), a WebDataset tar shard or a folder of shards",
-    )
-    parser.add_argument("--test-data", metavar="PATH", help="the held-out split of a user's --data, in the same form")
-    _workers_argument(parser)
-
-
-def _workers_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="processes that decode users' images (default 0: decode in this process)")
-
-
-def _compute_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="mixed precision for training (the Lorentz operations always run in float32)",
-    )
-    parser.add_argument(
-        "--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory, for ViT-L)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,17 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo_command)
 
-    pretrain = commands.add_parser("pretrain", help="pretrain a model from scratch on built-in data")
-    pretrain.add_argument("--model", default="tiny")
-    pretrain.add_argument(
-        "--geometry", choices=("euclidean", "lorentz"), help="default: lorentz for meru-* models, else euclidean"
+    pretrain = commands.add_parser(
+        "pretrain", help="pretrain a model from scratch, or fine-tune one (--init), on built-in or your own data",
+        description="Pretrain a model from scratch, or fine-tune an existing one (--init), on built-in data or your\n"
+        "own (an annotation file, a tar shard or a folder of shards, with --test-data), and evaluate it on\n"
+        "the test split. Users' images are read at the model's input size.",
+        epilog=RECIPE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pretrain.add_argument("--data", default="fashion-mnist", choices=BUILTIN_DATASETS)
+    add_recipe_arguments(pretrain)
+    add_data_arguments(pretrain)
+    add_zero_shot_arguments(pretrain)
     pretrain.add_argument("--out", required=True, help="new run folder")
-    pretrain.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
-    pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    _compute_arguments(pretrain)
+    add_compute_arguments(pretrain)
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrain.set_defaults(func=_pretrain_command)
 
@@ -271,17 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     unlearn.add_argument("--checkpoint", required=True, help="model folder or MERU-format .pth (never modified)")
-    _data_arguments(unlearn)
+    add_data_arguments(unlearn)
+    add_zero_shot_arguments(unlearn)
     unlearn.add_argument("--forget", action="append", metavar="CONCEPT", help="concept to forget (repeatable)")
     unlearn.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids to forget, one per line")
     unlearn.add_argument("--method", default="hac", help="unlearning method (listed below), or 'retrain' for the oracle")
-    unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
+    unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a method setting (for --method retrain: a recipe field, e.g. steps=200)")
     unlearn.add_argument("--epochs", type=float, help="budget: exactly E passes over D_f (--set epochs=E keeps the method's floor of min_steps)")
     unlearn.add_argument("--early-stop", type=float, metavar="PERCENT", help="stop when accuracy on a held-out fifth of D_f (at most 256 pairs, not trained on) falls to this")
     unlearn.add_argument("--out", required=True, help="new run folder")
     unlearn.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     unlearn.add_argument("--sha256", help="expected SHA-256 of the checkpoint file (checked before loading)")
-    _compute_arguments(unlearn)
+    add_compute_arguments(unlearn)
     unlearn.add_argument("--quiet", action="store_true", help="no progress bars")
     unlearn.set_defaults(func=_unlearn_command)
 
@@ -295,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--original", metavar="PATH", help="the model before unlearning (default: the one recorded)")
     evaluate.add_argument("--retrain", metavar="PATH", help="the retrained oracle (default: none, or a --checkpoint "
                           "made with --method retrain)")
-    _data_arguments(evaluate)
+    add_data_arguments(evaluate)
+    add_zero_shot_arguments(evaluate)
     evaluate.add_argument("--forget", action="append", metavar="CONCEPT", help="default: the request recorded")
     evaluate.add_argument("--forget-ids", metavar="FILE", help="file of training sample ids, one per line")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the audit and MIA samples")
@@ -310,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     zeroshot.add_argument("--prompt", action="append", metavar="TEMPLATE", help="prompt template with {} for the "
                           "class name (repeatable; default: generic templates)")
     zeroshot.add_argument("--sha256", help="expected SHA-256 of the checkpoint file")
-    _workers_argument(zeroshot)
+    add_workers_argument(zeroshot)
     zeroshot.add_argument("--out", required=True, help="new run folder")
     zeroshot.set_defaults(func=_zeroshot_command)
 

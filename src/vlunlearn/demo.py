@@ -21,7 +21,7 @@ from vlunlearn.provenance import environment
 from vlunlearn.runs import create_run_folder, write_json
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 from vlunlearn.unlearning import unlearn
-from vlunlearn.workflows import add_ratio_to_retrain, evaluate_group
+from vlunlearn.evaluation.records import add_ratio_to_retrain, evaluate_group
 
 DEMO_FORGET = {"fashion-scenes": ("sneaker",), "fashion-mnist": ("sneaker",), "digits": ("seven",)}
 DEMO_RECIPES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -33,11 +33,14 @@ class EarlyStop:
         target: forget accuracy (percent, over all classes) at which to stop.
         every: evaluate every this many steps.
         slice_size: number of D_f pairs held out for the check.
+        templates: class prompt templates of the zero-shot check (``None``: the data's prompts;
+            see :func:`~vlunlearn.evaluation.zero_shot.class_prompts`).
     """
 
     target: float
     every: int = 5
     slice_size: int = 256
+    templates: Sequence[str] | None = None
 
 
 @dataclass
@@ -81,10 +84,13 @@ def unlearn(
     Args:
         request: concepts or sample ids, or ready-made splits.
         method: a registered method name (see ``vlunlearn.methods.available_methods()``) or
-            ``"retrain"``, the oracle: pretraining from scratch on D_r with ``recipe``.
+            ``"retrain"``, the oracle: pretraining on D_r with ``recipe`` (from scratch, or from
+            the recipe's ``init`` checkpoint).
         data: a built-in dataset name, or ``(train, test)`` datasets.
-        recipe: the pretraining recipe of ``model``, needed by ``retrain`` (default: the
-            built-in recipe for the model's configuration and geometry).
+        recipe: the pretraining recipe of ``model``, needed by ``retrain``; without one, the
+            ``overrides`` must state it (fields on top of the
+            :class:`~vlunlearn.training.pretrain.PretrainConfig` defaults for the model), else
+            a :class:`~vlunlearn.errors.ConfigError` says how.
         early_stop: optional stop when forget accuracy on a held-out D_f slice reaches a target
             (see :class:`EarlyStop`; the slice is not trained on).
         state_path: file for training-state checkpoints, written every ``checkpoint_every``
@@ -176,7 +182,7 @@ def split_forget(forget: PairDataset, rule: EarlyStop | None) -> tuple[PairDatas
 
 
 def _early_stopper(rule: EarlyStop, validation: PairDataset, tokenizer: Tokenizer, model: ContrastiveModel):
-    prompts = class_prompts(validation)
+    prompts = class_prompts(validation, rule.templates)
 
     def should_stop(steps_done: int) -> bool:
         if steps_done % rule.every:

@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-import torch
-from tqdm.auto import tqdm
-
-from vlunlearn.errors import DataError, VlunlearnError
-from vlunlearn.data import (
-    PairDataset,
-    Tokenizer,
-    UnlearningRequest,
-    load_builtin,
-    load_class_folder,
-    load_image_text_folder,
-    load_tar_shards,
-    make_splits,
-)
-from vlunlearn.data.builtin import BUILTIN_DATASETS
-from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot
-from vlunlearn.evaluation.zero_shot import class_prompts
+from vlunlearn.errors import VlunlearnError
+from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, load_class_folder, make_splits
+from vlunlearn.data.sources import DataSource
+from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot, retrieval_metrics
+from vlunlearn.evaluation.zero_shot import check_templates, class_prompts
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.evaluation.oracle import peak_memory
-from vlunlearn.models import load_any, read_metadata, save_model
+from vlunlearn.evaluation.records import add_ratio_to_retrain, evaluate_group, forget_label
+from vlunlearn.methods.retrain import ORACLE, check_stated
+from vlunlearn.models import ContrastiveModel, load_any, read_metadata, save_model
+from vlunlearn.models.configs import model_config
 from vlunlearn.models.releases import check_checkpoint_file
 from vlunlearn.provenance import environment
 from vlunlearn.runs import check_new_run_folder, create_run_folder, write_json
 from vlunlearn.training import distributed
-from vlunlearn.training.pretrain import PretrainConfig, pretrain
+from vlunlearn.training.pretrain import PretrainConfig, pretrain, starting_model
 from vlunlearn.unlearning import EarlyStop, unlearn
 
 STATE_FILE = "train_state.pt"
@@ -38,49 +29,53 @@ STATE_FILE = "train_state.pt"
 
 def pretrain_run(
     config: PretrainConfig,
-    data_name: str,
+    source: DataSource,
     out: Path,
     *,
+    templates: Sequence[str] | None = None,
+    start: ContrastiveModel | None = None,
     resume: bool = False,
     precision: str = "fp32",
     grad_checkpointing: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Pretrain on a built-in dataset, evaluate on its test split, and write ``out``.
+    """Pretrain (or, with ``config.init``, fine-tune) on ``source``'s built-in or user's data,
+    evaluate on its test split, and write ``out``; every input is checked before ``out`` is created.
 
-    ``out`` receives ``model/`` (native checkpoint) and ``results.json``. The training
-    state is saved every epoch so that ``resume=True`` continues an interrupted run. In a
-    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``.
+    ``start`` is ``config.init`` already loaded (default: loaded here, or a random
+    initialisation); users' images are read at its input size. ``out`` receives ``model/``
+    (whose metadata records the recipe and the data) and ``results.json``. Test metrics:
+    zero-shot accuracy with the prompt ``templates`` (when test items have classes), retrieval
+    and, for Lorentz models, distances to the origin. The training state is saved every epoch so
+    that ``resume=True`` continues an interrupted run. In a distributed run only rank 0
+    evaluates and writes; the other ranks return ``{}``.
     """
-    out = create_run_folder(out, resume=resume)
-    if (out / "results.json").exists():
+    check_new_run_folder(out, resume=resume)
+    if (Path(out) / "results.json").exists():
         raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
-    train_data = load_builtin(data_name, "train")
-    test_data = load_builtin(data_name, "test")
+    check_templates(templates)
+    if start is None and config.init is not None:
+        start = starting_model(config)
+    architecture = start.config if start is not None else model_config(config.model, config.geometry)
+    train_data, test_split = source.load(architecture)
+    out = create_run_folder(out, resume=resume)
     tokenizer = Tokenizer()
     state_path = out / STATE_FILE
     model, result = pretrain(
-        config,
-        train_data,
-        tokenizer=tokenizer,
-        state_path=state_path,
-        resume=resume,
-        checkpoint_every=len(train_data) // config.batch_size,
-        progress=progress,
-        precision=precision,
-        grad_checkpointing=grad_checkpointing,
+        config, train_data, tokenizer=tokenizer, state_path=state_path, resume=resume,
+        checkpoint_every=max(1, len(train_data) // config.batch_size), progress=progress, precision=precision,
+        grad_checkpointing=grad_checkpointing, model=start,
     )
     if not distributed.is_main():  # rank 0 evaluates and writes
         return {}
-    metrics = {"zero_shot_test": evaluate_zero_shot(model, test_data, tokenizer)}
-    if model.geometry.hyperbolic:
-        metrics["distance_to_origin"] = distance_to_origin_by_level(model, test_data, tokenizer)
-        metrics["curvature"] = model.curvature().item()
+    data = source.record(train_data)
+    metrics = _test_metrics(model, test_split, tokenizer, templates)
     record = {
         "kind": "pretrain",
         "config": config.to_dict(),
         "model_config": model.config.to_dict(),
-        "data": {"name": data_name, "train_size": len(train_data), "train_hash": train_data.content_hash()},
+        "data": data,
+        "prompt_templates": templates,
         "seed": config.seed,
         "environment": environment(),
         "training": {
@@ -88,88 +83,94 @@ def pretrain_run(
             "faults": result.faults, "precision": precision,
         },
         "metrics": metrics,
+        "warnings": _near_chance(metrics, test_split),
         "history": result.history,
     }
-    save_model(model, out / "model", metadata={"pretrain": config.to_dict(), "data": record["data"], "run": record["training"]})
+    save_model(model, out / "model", metadata={"pretrain": config.to_dict(), "data": data, "run": record["training"]})
     write_json(out / "results.json", record)
     state_path.unlink(missing_ok=True)
     return record
 
 
-def load_data(
-    data: str, test_data: str | None, model_config, workers: int = 0
-) -> tuple[PairDataset, PairDataset]:
-    """The train and test data of a run: a built-in dataset by name, or a user's data with its
-    held-out split in ``test_data``, each an annotation file (CSV/JSONL, image paths relative
-    to its folder), a WebDataset tar shard or a folder of shards.
-
-    Users' images stay on disk and are decoded per batch, by ``workers`` processes, at the
-    model's input size and channel count.
-    """
-    if data in BUILTIN_DATASETS:
-        if test_data is not None:
-            raise DataError(f"--test-data is for a user's data; the built-in {data!r} has its own test split")
-        return load_builtin(data, "train"), load_builtin(data, "test")
-    if not Path(data).exists():
-        raise DataError(
-            f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor an annotation "
-            "file, a tar shard or a folder of shards"
-        )
-    if test_data is None:
-        raise DataError(f"--data {data} is a user's data: give its held-out split with --test-data")
-    size, channels = model_config.image_size, len(model_config.pixel_mean)
-    return tuple(_user_data(Path(path), size, channels, workers) for path in (data, test_data))
+NEAR_CHANCE = 2.0  # a pretrained model within this factor of chance accuracy has probably not learned
 
 
-def _user_data(path: Path, size: int, channels: int, workers: int) -> PairDataset:
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        if not shards:
-            raise DataError(f"{path} is a folder without .tar shards")
-        return load_tar_shards(shards, size, channels, workers, name=path.name)
-    if path.suffix.lower() == ".tar":
-        return load_tar_shards([path], size, channels, workers)
-    return load_image_text_folder(path.parent, path, size, channels=channels, stream=True, workers=workers)
+def _near_chance(metrics: dict, test_data: PairDataset) -> list[str]:
+    """A warning when zero-shot test accuracy is within :data:`NEAR_CHANCE` times chance."""
+    accuracy = metrics.get("zero_shot_test", {}).get("micro")
+    chance = 100.0 / max(1, len(test_data.class_names))
+    if accuracy is None or accuracy > NEAR_CHANCE * chance:
+        return []
+    return [f"zero-shot test accuracy {accuracy:.1f}% is within {NEAR_CHANCE:g}x chance ({chance:.1f}%): the model has "
+            "probably not learned; try a lower --lr or more --steps (an oracle retrained with this recipe would be as poor)"]
+
+
+def _oracle_check(original: dict, retrained: dict) -> list[str]:
+    """A warning when the retrained oracle keeps less than half the original's test-retain accuracy:
+    its recipe has then not learned on D_r, and comparisons with it say nothing."""
+    before, after = original.get("zs_test_retain"), retrained.get("zs_test_retain")
+    if before is None or after is None or not after < 0.5 * before:  # NaN: not measured
+        return []
+    return [f"the retrained oracle's test retain accuracy {after:.1f}% is less than half the original's {before:.1f}%: "
+            "the recipe did not learn on D_r (check the recipe, e.g. a lower lr), so comparisons with it say nothing"]
+
+
+def _test_metrics(model, test_data: PairDataset, tokenizer: Tokenizer, templates: Sequence[str] | None) -> dict:
+    """A pretrained model on the test split: zero-shot accuracy (when test items have classes),
+    retrieval and, for a Lorentz model, distances to the origin and the curvature."""
+    metrics = {}
+    if bool((test_data.labels >= 0).any()):
+        metrics["zero_shot_test"] = evaluate_zero_shot(model, test_data, tokenizer, templates)
+    metrics["retrieval_test"] = retrieval_metrics(model, test_data, tokenizer)
+    if model.geometry.hyperbolic:
+        metrics["distance_to_origin"] = distance_to_origin_by_level(model, test_data, tokenizer)
+        metrics["curvature"] = model.curvature().item()
+    return metrics
 
 
 def unlearn_run(
     checkpoint: Path,
-    data_name: str,
+    source: DataSource,
     request: UnlearningRequest,
     method: str,
     out: Path,
     *,
     overrides: dict[str, str],
-    test_data: str | None = None,
+    templates: Sequence[str] | None = None,
     early_stop_target: float | None = None,
     resume: bool = False,
     precision: str = "fp32",
     grad_checkpointing: bool = False,
     sha256: str | None = None,
-    workers: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Unlearn ``request`` from the model at ``checkpoint`` (never modified) and write ``out``.
+    """Unlearn ``request`` from the model at ``checkpoint`` (never modified) on ``source``'s data
+    and write ``out``.
 
-    ``out`` receives ``model/`` (the unlearned model, whose metadata keeps the pretraining
-    recipe) and ``results.json`` (request, method config, budget, data hash, versions, and
-    zero-shot accuracy on the forget/retain splits before and after). Every input is checked
-    before ``out`` is created; the training state is kept in ``out`` while the run goes on, so
-    an interrupted run continues with ``resume=True`` and ends with the same model. In a
-    distributed run only rank 0 evaluates and writes; the other ranks return ``{}``. The
+    ``out`` receives ``model/`` (the unlearned model, whose metadata keeps the pretraining recipe)
+    and ``results.json`` (request, method config, budget, data hash, versions, and zero-shot
+    accuracy with the prompt ``templates`` on the forget/retain splits before and after). The
+    oracle (``method="retrain"``) repeats the recipe recorded in the checkpoint, or one stated in
+    ``overrides`` (``config.recipe_source`` says which). Every input
+    is checked before ``out`` is created; the training state is kept in ``out`` while the run
+    goes on, so an interrupted run continues with ``resume=True`` and ends with the same model.
+    In a distributed run only rank 0 evaluates and writes; the other ranks return ``{}``. The
     checkpoint's SHA-256 is recorded (and must equal ``sha256`` when given).
     """
     out = check_new_run_folder(out, resume=resume)
     if resume and (out / "results.json").exists():
         raise VlunlearnError(f"the run in {out} is already complete; nothing to resume")
+    check_templates(templates)
     checkpoint_file = check_checkpoint_file(checkpoint, sha256)
     model = load_any(checkpoint)
     metadata = _metadata(checkpoint)
-    recipe = PretrainConfig(**metadata["pretrain"]) if "pretrain" in metadata else None
-    train_data, test_split = load_data(data_name, test_data, model.config, workers=workers)
+    recipe = PretrainConfig.from_dict(metadata["pretrain"]) if "pretrain" in metadata else None
+    if method == ORACLE and recipe is None:
+        check_stated(model, overrides)
+    train_data, test_split = source.load(model.config)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
-    early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target)
+    early_stop = None if early_stop_target is None else EarlyStop(target=early_stop_target, templates=templates)
     state_path = out / STATE_FILE
     with peak_memory() as peak:
         unlearned, record = unlearn(
@@ -185,11 +186,13 @@ def unlearn_run(
         "checkpoint_file": checkpoint_file,
         "model": model.config.name,
         "geometry": model.config.geometry,
-        "data": {"name": data_name, "train_size": len(train_data), "train_hash": train_data.content_hash()},
+        "data": source.record(train_data),
         "request": record.request,
         "split_sizes": {"forget": len(splits.forget), "retain": len(splits.retain)},
         "method": method,
-        "config": record.config,
+        "config": {**record.config, "recipe_source": "recorded" if recipe else "stated"} if method == ORACLE
+        else record.config,
+        "prompt_templates": templates,
         "updated_parameters": record.updated_parameters,
         "seed": record.config.get("seed"),
         "environment": environment(),
@@ -200,11 +203,12 @@ def unlearn_run(
             "peak_memory_bytes": peak.peak_bytes,
         },
         "metrics": {
-            "original": evaluate_splits(model, splits, tokenizer),
-            "unlearned": evaluate_splits(unlearned, splits, tokenizer),
+            "original": evaluate_splits(model, splits, tokenizer, templates=templates),
+            "unlearned": evaluate_splits(unlearned, splits, tokenizer, templates=templates),
         },
         "history": record.history,
     }
+    result["warnings"] = _oracle_check(result["metrics"]["original"], result["metrics"]["unlearned"]) if method == ORACLE else []
     out = create_run_folder(out, resume=True)  # exists already when a training state was saved
     provenance = {k: result[k] for k in ("request", "method", "config", "run")}
     provenance["source_checkpoint"] = str(Path(checkpoint).resolve())
@@ -215,114 +219,17 @@ def unlearn_run(
     return result
 
 
-DISK_SAMPLE = 300  # test images drawn in the Poincare-disk view
-
-
-def disk_sample(test_data: PairDataset, seed: int) -> PairDataset:
-    """The seeded test images every model of a request is drawn with in the disk view."""
-    picks = torch.randperm(len(test_data), generator=torch.Generator().manual_seed(seed))[:DISK_SAMPLE]
-    return test_data.subset(picks)
-
-
-def original_disk_basis(model, test_data: PairDataset, seed: int):
-    """The disk projection shared by every model of a request: the original's principal axes
-    (``None`` for a Euclidean model, which gets no disk view)."""
-    from vlunlearn.report.disk import disk_basis
-
-    return disk_basis(model, disk_sample(test_data, seed)) if model.geometry.hyperbolic else None
-
-
-def _disk_view(model, test_data: PairDataset, tokenizer: Tokenizer, seed: int, basis) -> dict:
-    from vlunlearn.evaluation.landing import hierarchy_prompts
-    from vlunlearn.report.disk import disk_view
-
-    sample = disk_sample(test_data, seed)
-    prompts = hierarchy_prompts(sample.hierarchy) if sample.hierarchy is not None else None
-    return disk_view(model, sample, tokenizer, basis, prompts)
-
-
-def evaluation_record(
-    model, method: str, splits, test_data, tokenizer: Tokenizer, *, train_data=None, oracle_forget_scores=None,
-    disk_basis=None, seed: int = 0, cost: dict | None = None,
-) -> dict:
-    """One ``results.json`` record: every metric of ``model`` on ``splits`` plus its figure artifacts.
-
-    ``train_data`` is the gallery D_f is retrieved against; ``oracle_forget_scores`` the retrained
-    model's D_f pair scores (for the KS test); ``cost`` (seconds, steps, peak memory) is merged into
-    the metrics when known. The record's ``forget_pair_scores`` artifact lets the caller pass a
-    retrain record's scores on to the other models; it is dropped before results are written.
-    """
-    from vlunlearn.evaluation.suite import evaluate_unlearning
-
-    metrics, artifacts = evaluate_unlearning(
-        model, splits, tokenizer, train=train_data, test=test_data, oracle_forget_scores=oracle_forget_scores, seed=seed,
-    )
-    if disk_basis is not None:
-        artifacts.update(_disk_view(model, test_data, tokenizer, seed, disk_basis))
-    metrics.update({key: value for key, value in (cost or {}).items() if value is not None})
-    return {
-        "model": model.config.name,
-        "geometry": model.config.geometry,
-        "forget": forget_label(splits.request.to_dict()),
-        "method": method,
-        "seed": seed,
-        "metrics": metrics,
-        "artifacts": artifacts,
-    }
-
-
-def evaluate_group(
-    runs: list[tuple[str, Callable[[], object], dict]], splits, train_data, test_data, tokenizer: Tokenizer, *,
-    seed: int = 0, progress: bool = False,
-) -> list[dict]:
-    """One :func:`evaluation_record` per ``(method, load, cost)`` of one request, in the given order.
-
-    ``load()`` returns the model (so models are loaded one at a time); the first run's model
-    gives the shared disk projection; the retrained oracle, when present, is evaluated first so
-    that its D_f pair scores serve every other model's KS test.
-    """
-    records: list[dict] = [{} for _ in runs]
-    oracle_scores = None
-    basis = None
-    order = sorted(range(len(runs)), key=lambda i: runs[i][0] != "retrain")
-    for index in tqdm(order, desc="evaluate", unit="model", disable=not progress):
-        method, load, cost = runs[index]
-        model = load()
-        if basis is None:
-            basis = original_disk_basis(runs[0][1](), test_data, seed)
-        record = evaluation_record(model, method, splits, test_data, tokenizer, train_data=train_data,
-                                   oracle_forget_scores=oracle_scores, disk_basis=basis, seed=seed, cost=cost)
-        scores = record["artifacts"].pop("forget_pair_scores")
-        if method == "retrain" and oracle_scores is None:
-            oracle_scores = torch.tensor(scores, dtype=torch.float64)
-        records[index] = record
-    return records
-
-
-def add_ratio_to_retrain(group: list[dict]) -> list[dict]:
-    """Add ``metrics.ratio_to_retrain`` (seconds / retrain seconds) to the unlearning records of
-    one request's group, when the group has a timed retrain record. Returns ``group``."""
-    retrain = next((r for r in group if r["method"] == "retrain"), None)
-    retrain_seconds = (retrain or {}).get("metrics", {}).get("seconds")
-    if retrain_seconds:
-        for record in group:
-            if record["method"] not in ("original", "retrain") and record["metrics"].get("seconds") is not None:
-                record["metrics"]["ratio_to_retrain"] = record["metrics"]["seconds"] / retrain_seconds
-    return group
-
-
 def evaluate_run(
     checkpoints: list[Path],
-    data_name: str,
+    source: DataSource,
     out: Path,
     *,
-    test_data: str | None = None,
+    templates: Sequence[str] | None = None,
     request: UnlearningRequest | None = None,
     original: Path | None = None,
     retrain: Path | None = None,
     sha256: list[str] | None = None,
     seed: int = 0,
-    workers: int = 0,
     progress: bool = True,
 ) -> dict:
     """Evaluate unlearned models against their original and the retrained oracle; write a report.
@@ -332,11 +239,13 @@ def evaluate_run(
     the oracle. The request defaults to the one recorded in the first checkpoint, and the
     original to the checkpoint that run started from. Without an oracle, the report is
     relative to the original and says so. ``out`` receives results.json, report.md, figures/.
-    ``sha256``, when given, holds the expected digest of each checkpoint, in order.
+    ``sha256``, when given, holds the expected digest of each checkpoint, in order. Zero-shot
+    metrics use the class prompt ``templates``.
     """
     from vlunlearn.report import write_report
 
     out = check_new_run_folder(out)
+    check_templates(templates)
     if not checkpoints:
         raise VlunlearnError("nothing to evaluate: give at least one --checkpoint")
     expected = sha256 or [None] * len(checkpoints)
@@ -352,8 +261,8 @@ def evaluate_run(
             concepts=tuple(recorded.get("concepts", ())), sample_ids=tuple(recorded.get("sample_ids", ()))
         )
     if original is None:
-        source = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
-        original = source if source is not None and source.exists() else None
+        started = next((Path(p["source_checkpoint"]) for p in provenance if "source_checkpoint" in p), None)
+        original = started if started is not None and started.exists() else None
 
     entries: list[tuple[str, Path]] = [("original", Path(original))] if original is not None else []
     if retrain is not None:
@@ -361,9 +270,10 @@ def evaluate_run(
     for path, recorded in zip(checkpoints, provenance):
         entries.append((recorded.get("method") or Path(path).resolve().parent.name, Path(path)))
     first_model = load_any(entries[0][1])  # its input size and channels decide how users' images are read
-    train_data, test_split = load_data(data_name, test_data, first_model.config, workers=workers)
+    train_data, test_split = source.load(first_model.config)
     splits = make_splits(train_data, test_split, request)
     tokenizer = Tokenizer()
+
     def loader(index: int, path: Path) -> Callable[[], object]:
         def load():
             model = first_model if index == 0 else load_any(path)
@@ -377,15 +287,17 @@ def evaluate_run(
         recorded = _metadata(path)
         run = recorded.get("unlearn", {}).get("run") or recorded.get("run") or {}  # cost, when a run recorded it
         runs.append((method, loader(index, path), {"seconds": run.get("seconds"), "steps": run.get("steps")}))
-    group = evaluate_group(runs, splits, train_data, test_split, tokenizer, seed=seed, progress=progress)
+    group = evaluate_group(runs, splits, train_data, test_split, tokenizer, seed=seed, progress=progress,
+                           templates=templates)
     for record, (_, path) in zip(group, entries):
         record["checkpoint"] = str(path)
     for record, digest in zip(group[len(group) - len(checkpoints) :], digests):
         record["checkpoint_file"] = digest
     results = {
         "kind": "evaluate",
-        "config": {"data": data_name, "seed": seed, "request": request.describe()},
-        "data": {"name": data_name, "train_hash": train_data.content_hash()},
+        "config": {"data": source.name, "seed": seed, "request": request.describe()},
+        "data": source.record(train_data),
+        "prompt_templates": templates,
         "split_sizes": {"forget": len(splits.forget), "retain": len(splits.retain)},
         "environment": environment(),
         "records": add_ratio_to_retrain(group),
@@ -473,11 +385,6 @@ def report_run(sources: list[Path], out: Path) -> dict:
 def _metadata(path: Path) -> dict:
     """The metadata stored with a native model folder; none for other checkpoint files."""
     return read_metadata(path) if Path(path).is_dir() else {}
-
-
-def forget_label(request: dict) -> list[str]:
-    """What a record's ``forget`` field shows: the concepts, or ``["<n> samples"]``."""
-    return list(request.get("concepts") or []) or [f"{len(request.get('sample_ids') or [])} samples"]
 
 
 def _records_of(document: dict, path: Path) -> list[dict]:

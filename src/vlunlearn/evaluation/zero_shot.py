@@ -128,13 +128,23 @@ def topk_accuracy(scores: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
 DEFAULT_PROMPTS = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 
 
+def check_templates(templates: Sequence[str] | None) -> None:
+    """Raise :class:`~vlunlearn.errors.ConfigError` unless ``templates`` is ``None`` (the default
+    prompts) or one or more strings, each with exactly one ``{}`` for the class name (and no
+    other braces)."""
+    if templates is None:
+        return
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1 or set("{}") & set(t.replace("{}", ""))]
+    if not templates or bad:
+        raise ConfigError(f"prompt templates need exactly one '{{}}' for the class name; got {list(bad or templates)}")
+
+
 def class_prompts(data: PairDataset, templates: Sequence[str] | None = None) -> list[list[str]]:
     """The prompt ensemble of every class of ``data``: ``templates`` (each with one ``{}`` for
-    the class name) when given, else its hierarchy's, else generic templates."""
+    the class name, see :func:`check_templates`) when given, else its hierarchy's, else generic
+    templates."""
     if templates is not None:
-        bad = [t for t in templates if t.count("{}") != 1]
-        if not templates or bad:
-            raise ConfigError(f"prompt templates need exactly one '{{}}' for the class name; got {list(bad or templates)}")
+        check_templates(templates)
         return [[template.format(name) for template in templates] for name in data.class_names]
     if data.hierarchy is not None:
         return [data.hierarchy.class_prompts(name) for name in data.class_names]
@@ -167,8 +177,10 @@ def candidate_labels(class_names: Sequence[str], candidates: Sequence[str], labe
 _PARTS = ("test_forget", "test_retain", "train_forget", "train_retain")
 
 
-def evaluate_splits(model, splits: UnlearningSplits, tokenizer: Tokenizer, candidates: str = "all") -> dict[str, float]:
-    """Zero-shot accuracy (percent) on test-forget, test-retain, D_f and D_r.
+def evaluate_splits(model, splits: UnlearningSplits, tokenizer: Tokenizer, candidates: str = "all",
+                    templates: Sequence[str] | None = None) -> dict[str, float]:
+    """Zero-shot accuracy (percent) on test-forget, test-retain, D_f and D_r, with the class prompt
+    ``templates`` when given (see :func:`class_prompts`).
 
     For each part: ``zs_<part>`` (micro top-1), ``zs_<part>_macro``, ``zs_<part>_top5`` and
     ``zs_<part>_top5_macro``. ``candidates="all"`` ranks every class (MERU's convention);
@@ -179,7 +191,7 @@ def evaluate_splits(model, splits: UnlearningSplits, tokenizer: Tokenizer, candi
         raise ValueError(f"candidates must be 'all' or 'retain', not {candidates!r}")
     class_names = splits.retain.class_names
     names = class_names if candidates == "all" else splits.retain_classes
-    class_emb = class_embeddings(model, tokenizer, class_prompts(splits.retain)) if names else None
+    class_emb = class_embeddings(model, tokenizer, class_prompts(splits.retain, templates)) if names else None
     datasets = (splits.test_forget, splits.test_retain, splits.forget, splits.retain)
     result: dict[str, float] = {}
     for part, data in zip(_PARTS, datasets):
@@ -222,8 +234,10 @@ def concept_detection(model, data: PairDataset, tokenizer: Tokenizer,
 
 
 @torch.no_grad()
-def detection_metrics(model, splits: UnlearningSplits, tokenizer: Tokenizer) -> dict[str, float]:
-    """Mean detection AP over the forget and the retain classes on the whole test split.
+def detection_metrics(model, splits: UnlearningSplits, tokenizer: Tokenizer,
+                      templates: Sequence[str] | None = None) -> dict[str, float]:
+    """Mean detection AP over the forget and the retain classes on the whole test split, with the
+    class prompt ``templates`` when given (see :func:`class_prompts`).
 
     Keys ``det_ap_forget`` and ``det_ap_retain`` (fractions); NaN for a group with no class
     that has both positive and negative test items.
@@ -231,7 +245,7 @@ def detection_metrics(model, splits: UnlearningSplits, tokenizer: Tokenizer) -> 
     parts = [data for data in (splits.test_forget, splits.test_retain) if len(data)]
     ap: dict[str, float] = {}
     if parts and splits.retain.class_names:
-        class_emb = class_embeddings(model, tokenizer, class_prompts(splits.retain))
+        class_emb = class_embeddings(model, tokenizer, class_prompts(splits.retain, templates))
         scores = torch.cat([zero_shot_scores(model, encode_images(model, data), class_emb) for data in parts])
         ap = detection_ap(scores, [c for data in parts for c in data.concepts], splits.retain.class_names)
 

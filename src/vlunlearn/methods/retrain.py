@@ -1,4 +1,5 @@
-"""The retrain oracle (exact unlearning): pretrain from scratch on D_r with the original recipe.
+"""The retrain oracle (exact unlearning): pretrain on D_r with the original recipe (from scratch,
+or from the recipe's ``init`` checkpoint when the original was fine-tuned).
 
 Every other method is judged by how close it comes to this model. It is not a loss over
 (B_r, B_f) but the pretraining objective itself, so it runs through
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.errors import ConfigError
 from vlunlearn.methods.base import make_config_values
 from vlunlearn.models import ContrastiveModel
 from vlunlearn.training.loop import TrainResult, checkpoint_interval
@@ -36,12 +38,19 @@ def retrain(
 ) -> tuple[ContrastiveModel, TrainResult, PretrainConfig]:
     """Pretrain a new model like ``model`` on ``retain``.
 
-    ``recipe`` is how ``model`` was pretrained (default: the built-in recipe for its
-    configuration and geometry); ``overrides`` change recipe fields, e.g. ``seed``.
-    ``state_path``/``resume``/``checkpoint_every`` (default: a tenth of the run), ``precision``
-    and ``grad_checkpointing`` as in :func:`vlunlearn.training.pretrain.pretrain`.
+    ``recipe`` is how ``model`` was pretrained; ``overrides`` change recipe fields, e.g.
+    ``seed``. Without a recipe (a checkpoint that records none, such as a released one) the
+    overrides state it: their fields on top of the :class:`PretrainConfig` defaults for
+    ``model``'s configuration and geometry. ``state_path``/``resume``/``checkpoint_every``
+    (default: a tenth of the run), ``precision`` and ``grad_checkpointing`` as in
+    :func:`vlunlearn.training.pretrain.pretrain`.
+
+    Raises:
+        ConfigError: no recipe, and the overrides state no recipe field other than ``seed``.
     """
-    recipe = recipe or PretrainConfig(model=model.config.name, geometry=model.config.geometry)
+    if recipe is None:
+        check_stated(model, overrides)
+        recipe = PretrainConfig(model=model.config.name, geometry=model.config.geometry)
     recipe = replace(recipe, **make_config_values(PretrainConfig, overrides))
     retrained, result = pretrain(
         recipe, retain, tokenizer=tokenizer, progress=progress, state_path=state_path, resume=resume,
@@ -50,3 +59,18 @@ def retrain(
     )
     return retrained, result, recipe
 
+
+def check_stated(model: ContrastiveModel, overrides: dict[str, Any]) -> None:
+    """Raise a :class:`~vlunlearn.errors.ConfigError` that says how to state a recipe, unless
+    ``overrides`` state at least one recipe field other than ``seed``."""
+    if set(overrides) - {"seed"}:
+        return
+    raise ConfigError(
+        f"the retrain oracle repeats the original's pretraining recipe on D_r, and this {model.config.name}/"
+        f"{model.config.geometry} checkpoint records none (a released or foreign checkpoint): state it with "
+        "--set KEY=VALUE (e.g. --set steps=2000 --set lr=5e-4 --set batch_size=256; in a study file: recipe = {...}). "
+        f"The stated fields go on top of the defaults (steps={PretrainConfig.steps}, "
+        f"batch_size={PretrainConfig.batch_size}, lr={PretrainConfig.lr:g}, weight_decay={PretrainConfig.weight_decay:g}, "
+        f"warmup_fraction={PretrainConfig.warmup_fraction:g}); "
+        "the recipe used is recorded with recipe_source 'stated'"
+    )

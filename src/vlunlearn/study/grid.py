@@ -87,14 +87,15 @@ def geometry_models(spec: StudySpec) -> dict[str, str]:
 
 def study_data(spec: StudySpec) -> tuple[PairDataset, PairDataset]:
     """The study's ``(train, test)`` data (a user's images are read at the first geometry's model
-    input size), loaded once per process."""
+    input size; the spec's ``classes`` are the classes), loaded once per process."""
     from vlunlearn.data.builtin import BUILTIN_DATASETS
-    from vlunlearn.workflows import load_data
+    from vlunlearn.data.sources import load_data
 
     config = None if spec.data in BUILTIN_DATASETS else original_model_config(spec, spec.geometries[0])
-    key = (spec.data, spec.test_data, None if config is None else (config.image_size, len(config.pixel_mean)))
+    key = (spec.data, spec.test_data, spec.classes,
+           None if config is None else (config.image_size, len(config.pixel_mean)))
     if key not in _DATA:
-        _DATA[key] = load_data(spec.data, spec.test_data, config)
+        _DATA[key] = load_data(spec.data, spec.test_data, config, classes=spec.classes)
     return _DATA[key]
 
 

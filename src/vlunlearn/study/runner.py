@@ -31,7 +31,7 @@ from vlunlearn.study.report import write_study_report
 from vlunlearn.study.spec import StudySpec
 
 EXECUTORS = ("local", "slurm")
-KEPT_ARTIFACTS = ("image_d0",)  # small enough for every record
+KEPT_ARTIFACTS = ("image_d0", "metrics_not_applicable")  # small enough for every record
 ORACLE_SCORES = "forget_pair_scores"  # kept in retrain records only: the D_f pair scores of the KS test
 
 
@@ -224,7 +224,7 @@ def cell_record(spec: StudySpec, cell: Cell, out: Path) -> dict:
     from vlunlearn.evaluation.oracle import peak_memory
     from vlunlearn.evaluation.probe import probe_metrics
     from vlunlearn.unlearning import unlearn
-    from vlunlearn.workflows import evaluation_record
+    from vlunlearn.evaluation.records import evaluation_record
 
     tokenizer = Tokenizer()
     train, test = study_data(spec)
@@ -244,7 +244,7 @@ def cell_record(spec: StudySpec, cell: Cell, out: Path) -> dict:
     oracle = _read_record(out, cell.oracle) if cell.oracle else None
     oracle_scores = None if oracle is None else torch.tensor(oracle["artifacts"][ORACLE_SCORES], dtype=torch.float64)
     evaluated = evaluation_record(model, cell.method, splits, test, tokenizer, train_data=train,
-                                  oracle_forget_scores=oracle_scores, seed=cell.seed)
+                                  oracle_forget_scores=oracle_scores, seed=cell.seed, templates=spec.prompts)
     metrics = {**evaluated["metrics"], **probe_metrics(model, splits, tokenizer, seed=cell.seed), **cost}
     retrain_seconds = None if oracle is None else oracle["metrics"].get("seconds")
     metrics["ratio_to_retrain"] = cost["seconds"] / retrain_seconds if retrain_seconds and cost["seconds"] is not None else None
@@ -252,40 +252,41 @@ def cell_record(spec: StudySpec, cell: Cell, out: Path) -> dict:
     return {
         "cell": cell.id, "study": cell.study, "label": cell.label, "method": cell.method, "settings": cell.settings,
         "geometry": cell.geometry, "model": evaluated["model"], "data": cell.data, "request": cell.record_request(),
-        "seed": cell.seed, "metrics": metrics,
+        "seed": cell.seed, "prompts": _listed(spec.prompts), "classes": _listed(spec.classes), "metrics": metrics,
         "artifacts": {k: v for k, v in evaluated["artifacts"].items() if k in kept},
     }
 
 
+def _listed(names: tuple[str, ...] | None) -> list[str] | None:
+    return None if names is None else list(names)
+
+
 def _original(spec: StudySpec, cell: Cell, out: Path, train, tokenizer):
     """``(model, recipe, cost)`` of the cell's original: pretrained here (and kept), or loaded
-    from its original cell or checkpoint; ``cost`` is the pretraining's seconds and steps."""
+    from its original cell or checkpoint; ``cost`` is the pretraining's seconds and steps. The
+    recipe is the one recorded in the model, else the study's (for a user's data only when the
+    study file states one; ``None`` otherwise, which a ``retrain`` cell refuses)."""
+    from vlunlearn.data.builtin import BUILTIN_DATASETS
     from vlunlearn.models import load_any, read_metadata
-    from vlunlearn.training.pretrain import pretrain
+    from vlunlearn.training.pretrain import PretrainConfig, pretrain
 
     if cell.pretrains:
-        recipe = _recipe({**spec.recipe, "geometry": cell.geometry, "seed": cell.seed})
+        recipe = PretrainConfig.from_dict({**spec.recipe, "geometry": cell.geometry, "seed": cell.seed})
         model, result = pretrain(recipe, train, tokenizer=tokenizer, progress=False)
         _save(model, out / "cells" / cell.id, recipe.to_dict(), cell)
         return model, recipe, {"seconds": result.seconds, "steps": result.steps}
     path = Path(cell.checkpoint) if cell.checkpoint else out / "cells" / cell.original / "model"
     model = load_any(path)
     recorded = read_metadata(path).get("pretrain") if path.is_dir() else None
-    fallback = {**spec.recipe, "model": model.config.name, "geometry": cell.geometry}
-    recipe = replace(_recipe(recorded or fallback), seed=cell.seed)
+    stated = {**spec.recipe, "model": model.config.name, "geometry": cell.geometry}
+    if recorded is None and not spec.recipe and spec.data not in BUILTIN_DATASETS:
+        recipe = None
+    else:
+        recipe = replace(PretrainConfig.from_dict(recorded or stated), seed=cell.seed)
     if cell.checkpoint:
         return model, recipe, {"seconds": None, "steps": None}
     pretrained = _read_record(out, cell.original)["metrics"]
     return model, recipe, {"seconds": pretrained.get("seconds"), "steps": pretrained.get("steps")}
-
-
-def _recipe(values: dict[str, Any]):
-    from vlunlearn.training.pretrain import PretrainConfig
-
-    values = dict(values)
-    if values.get("caption_weights") is not None:  # a list when read back from JSON
-        values["caption_weights"] = tuple(values["caption_weights"])
-    return PretrainConfig(**values)
 
 
 def _save(model, folder: Path, recipe: dict, cell: Cell) -> None:

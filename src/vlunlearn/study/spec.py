@@ -11,6 +11,8 @@ A study file names the data, how the originals are made (a pretraining ``recipe`
     geometries = ["euclidean", {name = "lorentz", checkpoint = "runs/meru/model"}]
     recipe = {steps = 200}           # PretrainConfig fields (default: the demo's recipe for the data)
     method_overrides = {epochs = 1.0}   # MethodConfig fields applied to every method cell
+    prompts = ["a photo of a {}."]   # zero-shot prompt templates (default: the data's)
+    classes = ["cat", "dog"]         # the classes zero-shot evaluation ranks (default: all of the data's)
 
     [[labels]]
     label = "hac-no-ec"              # the variant's name in records and reports
@@ -42,7 +44,7 @@ REQUEST_KINDS = ("concepts", "samples")
 SPECIAL_METHODS = ("original", "retrain")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 TOP_KEYS = ("name", "data", "test_data", "recipe", "geometries", "labels", "requests", "seeds", "claims",
-            "method_overrides")
+            "method_overrides", "prompts", "classes")
 RECIPE_EXCLUDED = ("geometry", "seed")  # set per cell
 
 
@@ -117,7 +119,9 @@ class StudySpec:
     ``recipe`` holds the :class:`~vlunlearn.training.pretrain.PretrainConfig` fields of the
     originals (not ``geometry`` and ``seed``, which each cell sets); ``method_overrides`` the
     :class:`~vlunlearn.methods.MethodConfig` fields given to every method cell before its own
-    settings (e.g. a shorter budget); ``claims`` the ids the analysis evaluates.
+    settings (e.g. a shorter budget); ``claims`` the ids the analysis evaluates; ``prompts`` the
+    zero-shot class prompt templates and ``classes`` the classes zero-shot evaluation ranks
+    (``None``: the data's; see :func:`~vlunlearn.data.sources.restrict_classes`).
     """
 
     name: str
@@ -130,10 +134,15 @@ class StudySpec:
     claims: tuple[str, ...] = ()
     method_overrides: dict[str, Any] = field(default_factory=dict)
     test_data: str | None = None
+    prompts: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("geometries", "labels", "requests", "seeds", "claims"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("prompts", "classes"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "geometries", tuple(Geometry(g) if isinstance(g, str) else g for g in self.geometries))
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
             raise ConfigError(f"study name {self.name!r} must be lower-case letters, digits, '-', '_' or '.'")
@@ -150,6 +159,7 @@ class StudySpec:
             raise ConfigError(f"seeds {list(self.seeds)} must be non-negative integers")
         _check_recipe(self.recipe)
         _check_methods(self.labels, self.method_overrides)
+        _check_zero_shot(self.prompts, self.classes)
 
     def with_seeds(self, count: int) -> "StudySpec":
         """This spec with the seeds ``0 .. count - 1``."""
@@ -172,6 +182,8 @@ class StudySpec:
                         "geometries": None if v.geometries is None else list(v.geometries)} for v in self.labels],
             "requests": [{"kind": r.kind, "sizes": list(r.sizes)} for r in self.requests],
             "seeds": list(self.seeds), "claims": list(self.claims), "method_overrides": self.method_overrides,
+            "prompts": None if self.prompts is None else list(self.prompts),
+            "classes": None if self.classes is None else list(self.classes),
         }))
 
 
@@ -195,6 +207,17 @@ def _check_recipe(recipe: Mapping[str, Any]) -> None:
         raise ConfigError(f"recipe: caption_weights {weights!r} must be three numbers (generic, family, class) or null")
     make_config_values(PretrainConfig, {k: v for k, v in recipe.items() if k != "caption_weights"})
     model_config(recipe.get("model", PretrainConfig.model))
+
+
+def _check_zero_shot(prompts: Sequence[str] | None, classes: Sequence[str] | None) -> None:
+    from vlunlearn.evaluation.zero_shot import check_templates
+
+    try:
+        check_templates(prompts)
+    except ConfigError as error:
+        raise ConfigError(f"prompts: {error}") from None
+    if classes is not None and (not classes or not all(isinstance(c, str) and c.strip() for c in classes)):
+        raise ConfigError(f"classes {list(classes)} must be one or more non-empty names")
 
 
 def _check_methods(labels: Sequence[Variant], method_overrides: Mapping[str, Any]) -> None:
@@ -283,6 +306,8 @@ def spec_from_dict(document: Any, base: Path = Path("."), default_name: str = "s
         seeds=tuple(_list(document.get("seeds", [0]), "seeds")),
         claims=tuple(_text(c, "claims") for c in _list(document.get("claims", []), "claims")),
         method_overrides=_table(document.get("method_overrides", {}), "method_overrides"),
+        prompts=_names(document.get("prompts"), "prompts"),
+        classes=_names(document.get("classes"), "classes"),
     )
 
 
@@ -343,6 +368,11 @@ def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where} must be a non-empty string, not {value!r}")
     return value.strip()
+
+
+def _names(value: Any, where: str) -> tuple[str, ...] | None:
+    """An optional list of strings (``None`` when absent)."""
+    return None if value is None else tuple(_text(item, where) for item in _list(value, where))
 
 
 def _path(value: str, base: Path) -> str:

@@ -60,7 +60,9 @@ class PairSampler:
 
     ``caption_weights`` (generic -> specific) draws one caption level per item and step,
     so a hyperbolic model sees every level of the hierarchy; ``None`` always uses the
-    canonical (most specific) caption. The batch size is capped at the dataset size.
+    canonical (most specific) caption. An item with another number of captions (users' data
+    with level captions, e.g. three levels plus the user's own) gets its canonical caption
+    with the last weight's probability and one of its other captions, uniformly, otherwise. The batch size is capped at the dataset size.
     ``drop_last`` drops an epoch's last partial batch (pretraining); otherwise that batch is
     filled up with the epoch's first items, so that every item is seen in every epoch
     (unlearning, whose budget counts passes over D_f).
@@ -112,7 +114,10 @@ class PairSampler:
         levels = torch.multinomial(
             self.caption_weights, len(captions), replacement=True, generator=step_generator(self.seed, step, 7)
         )
-        return [c[int(level)] if len(c) == len(self.caption_weights) else c[-1] for c, level in zip(captions, levels)]
+        last = len(self.caption_weights) - 1
+        above = torch.rand(len(captions), generator=step_generator(self.seed, step, 8))  # used only for other counts
+        return [c[int(level)] if len(c) == last + 1 else c[-1] if level == last or len(c) == 1
+                else c[int(u * (len(c) - 1))] for c, level, u in zip(captions, levels.tolist(), above.tolist())]
 
 
 def concat_tokens(*token_batches: Tensor) -> Tensor:
