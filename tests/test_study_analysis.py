@@ -255,7 +255,15 @@ def test_write_study_report_draws_the_figures(tmp_path):
     pytest.importorskip("matplotlib")
     _study_folder(tmp_path, [r for r in _hac_study() if r["request"]["size"] < 4])
     text = write_study_report(tmp_path).read_text()
-    for name in ("curves_concepts", "ablations", "hierarchy"):
+    for name in ("headline", "curves_concepts", "ablations", "hierarchy"):
         figure = tmp_path / "figures" / f"{name}.png"
         assert figure.read_bytes()[:4] == b"\x89PNG" and f"figures/{name}.png" in text
     assert not (tmp_path / "figures" / "curves_samples.png").exists()
+
+
+def test_percentage_bands_are_clipped_to_their_range():
+    from vlunlearn.study.report import _band
+
+    points = [(1, {"low": -12.0, "high": 40.0}), (2, {"low": 80.0, "high": 130.0})]
+    assert _band("zs_test_forget", points) == ([0.0, 80.0], [40.0, 100.0])
+    assert _band("mia_auc", points) == ([-12.0, 80.0], [40.0, 130.0])  # not a percentage: as computed

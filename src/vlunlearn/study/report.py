@@ -9,7 +9,8 @@ file atomically and replacing an older one (a resumed study rewrites its report)
   the per-(geometry, label, request) rows with every metric's mean, std, 95% interval and n;
 - ``report.md``: the claims first, then per request kind a table of mean ± half-width of the 95%
   interval for the key metrics;
-- figures (matplotlib, the ``report`` extra; skipped without it): ``curves_<kind>.png`` (metrics
+- figures (matplotlib, the ``report`` extra; skipped without it): ``headline.png`` (concept
+  requests: CLIP+ac and MERU+hac with their oracles, forget and retain accuracy), ``curves_<kind>.png`` (metrics
   against the request size, per label and geometry, with 95% bands), ``ablations.png`` (combined
   score per ablation label, with 95% error bars) and ``hierarchy.png`` (where CLIP+ac's and
   MERU+hac's forget images land, and MERU's forget-image distances to the origin before/after).
@@ -47,6 +48,10 @@ CURVES = {"concepts": ("zs_test_forget", "zs_test_retain"),
           "samples": ("distinguishability", "zs_test_retain", "retrieval_test_rmean", "probe_image_retain",
                       "probe_text_retain")}
 LANDING = ("same", "sibling", "parent", "child", "other")
+PERCENT_PREFIXES = ("zs_", "probe_", "retrieval_")  # metrics in 0..100
+HEADLINE = (("CLIP + ac", ("euclidean", "ac"), "-", "tab:blue"), ("MERU + hac", ("lorentz", "hac"), "-", "tab:red"),
+            ("CLIP retrained (oracle)", ("euclidean", "retrain"), "--", "tab:blue"),
+            ("MERU retrained (oracle)", ("lorentz", "retrain"), "--", "tab:red"))  # name, (geometry, label), style, colour
 VERDICT_RULE = ("Verdicts: supported when the whole 95% interval of the effect lies in the claimed region, "
                 "contradicted when it lies wholly outside it, inconclusive otherwise (or with fewer than 2 pairs). "
                 "Effects are paired differences (one pair per seed and request draw).")
@@ -184,8 +189,8 @@ def _curves(rows: Sequence[Mapping], kind: str, path: Path) -> Path | None:
                     continue
                 x = [100 * p[0] if kind == "samples" else p[0] for p in points]
                 ax.plot(x, [p[1]["mean"] for p in points], marker="o", color=colour, label=label)
-                ax.fill_between(x, [p[1]["low"] for p in points], [p[1]["high"] for p in points], color=colour,
-                                alpha=0.15)
+                low, high = _band(metric, points)
+                ax.fill_between(x, low, high, color=colour, alpha=0.15)
             ax.set_title(f"{geometry}: {metric}", fontsize=9)
             ax.set_xlabel("concepts forgotten" if kind == "concepts" else "% of training pairs forgotten")
             ax.grid(True, alpha=0.3)
@@ -194,6 +199,42 @@ def _curves(rows: Sequence[Mapping], kind: str, path: Path) -> Path | None:
     fig.suptitle(f"{kind} requests: mean over seeds with 95% bands")
     fig.subplots_adjust(right=1 - 1.5 / (4.6 * len(geometries) + 1.6), top=1 - 0.7 / (3.2 * len(metrics)),
                         hspace=0.5, wspace=0.3)
+    return _save(fig, path)
+
+
+def _band(metric: str, points: Sequence[tuple]) -> tuple[list[float], list[float]]:
+    """The 95% band of ``points`` (size, summary), clipped to 0..100 for a percentage metric."""
+    low, high = [p[1]["low"] for p in points], [p[1]["high"] for p in points]
+    if metric.startswith(PERCENT_PREFIXES):
+        low, high = [max(0.0, v) for v in low], [min(100.0, v) for v in high]
+    return low, high
+
+
+def _headline(rows: Sequence[Mapping], path: Path) -> Path | None:
+    """The study's headline: each :data:`HEADLINE` model's test forget and retain accuracy against
+    the number of concepts forgotten, with 95% bands, in one panel per metric."""
+    from vlunlearn.report.figures import _new_figure, _save
+
+    chosen = [r for r in rows if r["kind"] == "concepts"]
+    lines = [(name, [r for r in chosen if (r["geometry"], r["label"]) == key]) for name, key, _, _ in HEADLINE]
+    if sum(bool(points) for _, points in lines) < 2:
+        return None
+    fig = _new_figure(10.0, 3.8)
+    for ax, (metric, title) in zip(fig.subplots(1, 2), (("zs_test_forget", "test forget top-1 %"),
+                                                          ("zs_test_retain", "test retain top-1 %"))):
+        for (name, points), (_, _, style, colour) in zip(lines, HEADLINE):
+            points = sorted(((r["size"], r["metrics"][metric]) for r in points if metric in r["metrics"]),
+                            key=lambda p: sort_order(p[0]))
+            if points:
+                x = [p[0] for p in points]
+                ax.plot(x, [p[1]["mean"] for p in points], style, color=colour, marker="o", label=name)
+                ax.fill_between(x, *_band(metric, points), color=colour, alpha=0.12)
+        ax.set_xlabel("concepts forgotten")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    fig.suptitle("CLIP+AC vs MERU+HAC against their retrained oracles: mean over seeds, 95% bands")
     return _save(fig, path)
 
 
@@ -273,7 +314,8 @@ def _hierarchy_view(records: Sequence[Record], path: Path) -> Path | None:
 def _figures(out: Path, records: Sequence[Record], rows: Sequence[Mapping]) -> list[str]:
     figure_dir = out / "figures"
     kinds = sorted({str(field(r, "kind")) for r in records})
-    made = [_curves(rows, kind, figure_dir / f"curves_{kind}.png") for kind in kinds]
+    made = [_headline(rows, figure_dir / "headline.png")]
+    made += [_curves(rows, kind, figure_dir / f"curves_{kind}.png") for kind in kinds]
     made.append(_ablation_bars(records, figure_dir / "ablations.png"))
     made.append(_hierarchy_view(records, figure_dir / "hierarchy.png"))
     return [p.relative_to(out).as_posix() for p in made if p is not None]
