@@ -14,7 +14,10 @@ Sample request
     D_f holds the training items with the listed ids. No class is forgotten as such, so
     ``forget_classes`` is ``()`` and ``retain_classes`` are all classes. ``test_forget``
     holds the test items that share a label with some D_f item (the classes the forgotten
-    samples come from) and ``test_retain`` the other test items.
+    samples come from: the membership attack's non-members) and ``test_retain`` is the whole
+    test split, since every test item is knowledge to keep. (Taking only the test items of
+    classes D_f does not touch would leave nothing to measure once a few percent of the pairs
+    are forgotten: they touch every class.)
 
 In both cases D_r (``retain``) is the rest of the training data.
 """
@@ -84,7 +87,8 @@ class UnlearningSplits:
     """The datasets an unlearning run works with.
 
     ``forget`` is D_f and ``retain`` is D_r (together the training data); ``test_forget``
-    and ``test_retain`` partition the held-out test data (see the module docstring).
+    and ``test_retain`` partition the held-out test data for a concept request, and for a
+    sample request ``test_retain`` is all of it (see the module docstring).
     """
 
     request: UnlearningRequest
@@ -189,7 +193,8 @@ def make_splits(train: PairDataset, test: PairDataset, request: UnlearningReques
         forget=train.subset(forget_mask, name=f"{train.name}/forget"),
         retain=train.subset(~forget_mask, name=f"{train.name}/retain"),
         test_forget=test.subset(test_mask, name=f"{test.name}/forget"),
-        test_retain=test.subset(~test_mask, name=f"{test.name}/retain"),
+        test_retain=test.subset(~test_mask if request.kind == "concepts" else torch.ones_like(test_mask),
+                                name=f"{test.name}/retain"),
         forget_classes=forget_classes,
         retain_classes=retain_classes,
     )
