@@ -78,7 +78,7 @@ def runs(tmp_path_factory) -> tuple[dict[str, Path], str]:
 def test_two_gloo_processes_match_one_process(method, runs):
     folders, stdout = runs
     folder = folders[method]
-    assert stdout.count(f"{method}: forgot") == 1  # only rank 0 reports
+    assert stdout.count(f"{method}: forget concept") == 1  # only rank 0 reports
 
     single, double = load_model(folder / "single" / "model"), load_model(folder / "double" / "model")
     original = load_model(folder / "model").state_dict()
