@@ -216,14 +216,15 @@ def _headline(rows: Sequence[Mapping], path: Path) -> Path | None:
     from vlunlearn.report.figures import _new_figure, _save
 
     chosen = [r for r in rows if r["kind"] == "concepts"]
-    lines = [(name, [r for r in chosen if (r["geometry"], r["label"]) == key]) for name, key, _, _ in HEADLINE]
-    if sum(bool(points) for _, points in lines) < 2:
+    lines = [(name, [r for r in chosen if (r["geometry"], r["label"]) == key], style, colour)
+             for name, key, style, colour in HEADLINE]
+    if sum(bool(found) for _, found, _, _ in lines) < 2:
         return None
     fig = _new_figure(10.0, 3.8)
     for ax, (metric, title) in zip(fig.subplots(1, 2), (("zs_test_forget", "test forget top-1 %"),
                                                           ("zs_test_retain", "test retain top-1 %"))):
-        for (name, points), (_, _, style, colour) in zip(lines, HEADLINE):
-            points = sorted(((r["size"], r["metrics"][metric]) for r in points if metric in r["metrics"]),
+        for name, found, style, colour in lines:
+            points = sorted(((r["size"], r["metrics"][metric]) for r in found if metric in r["metrics"]),
                             key=lambda p: sort_order(p[0]))
             if points:
                 x = [p[0] for p in points]

@@ -115,9 +115,11 @@ class PairSampler:
             self.caption_weights, len(captions), replacement=True, generator=step_generator(self.seed, step, 7)
         )
         last = len(self.caption_weights) - 1
-        above = torch.rand(len(captions), generator=step_generator(self.seed, step, 8))  # used only for other counts
-        return [c[int(level)] if len(c) == last + 1 else c[-1] if level == last or len(c) == 1
-                else c[int(u * (len(c) - 1))] for c, level, u in zip(captions, levels.tolist(), above.tolist())]
+        if all(len(c) == last + 1 for c in captions):  # the built-in data: one caption per weight
+            return [c[level] for c, level in zip(captions, levels.tolist())]
+        above = torch.rand(len(captions), generator=step_generator(self.seed, step, 8)).tolist()
+        return [c[level] if len(c) == last + 1 else c[-1] if level == last or len(c) == 1
+                else c[int(u * (len(c) - 1))] for c, level, u in zip(captions, levels.tolist(), above)]
 
 
 def concat_tokens(*token_batches: Tensor) -> Tensor:
