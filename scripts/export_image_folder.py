@@ -72,7 +72,7 @@ def write_split(data: PairDataset, indices: np.ndarray, root: Path, split: str, 
         class_name = data.class_names[int(data.labels[index])]
         relative = Path("images", split, class_name.replace(" ", "_"), f"{data.ids[index].rsplit('/', 1)[-1]}.png")
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        pixels = data.images[index].numpy()  # uint8 (C, H, W), C = 1
+        pixels = data.inputs[index].numpy()  # uint8 (C, H, W), C = 1
         Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(root / relative)
         rows.append({"id": data.ids[index], "path": relative.as_posix(), "caption": data.captions[index][-1],
                      "concepts": concepts_of(data, class_name, as_path)})

@@ -26,7 +26,7 @@ def fake_model(geometry, image_table, text_table, c=None):
         curvature=lambda: None if c is None else torch.tensor(c, dtype=torch.float64),
         config=SimpleNamespace(context_length=77),
         eval=lambda: None,
-        encode_image=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
+        encode_input=lambda images: image_table[(images[:, 0, 0, 0] * 255).round().long()],
         encode_text=lambda tokens: text_table[tokens[:, 0]],
     )
 
@@ -39,7 +39,7 @@ def random_clothing_pairs(names, labels=None, class_names=()):
     n = len(names)
     return PairDataset(
         name="smoke",
-        images=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
+        inputs=torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8),
         captions=[("a photo of clothing.", f"a photo of a {name}.") for name in names],
         concepts=[frozenset() for _ in range(n)],
         labels=torch.full((n,), -1) if labels is None else torch.tensor(labels),

@@ -26,7 +26,7 @@ from vlunlearn.models import build_model
 def _dataset(n: int) -> PairDataset:
     return PairDataset(
         name="toy",
-        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        inputs=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
         captions=[("a thing.", f"thing number {i}.") for i in range(n)],
         concepts=[frozenset() for _ in range(n)],
         labels=torch.full((n,), -1),
@@ -85,7 +85,7 @@ def _concept_dataset(name: str, first_image: int, captions: list[str]) -> PairDa
     images = torch.arange(first_image, first_image + n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2)
     return PairDataset(
         name=name,
-        images=images.contiguous(),
+        inputs=images.contiguous(),
         captions=[("a thing.", caption) for caption in captions],
         concepts=[frozenset() for _ in range(n)],
         labels=torch.full((n,), -1),

@@ -117,8 +117,8 @@ def test_builtin_sizes_and_format(name, split, size):
     data = load_builtin(name, split)
     hierarchy = builtin_hierarchy(name)
     assert len(data) == size and data.hierarchy is hierarchy
-    assert data.images.dtype == torch.uint8 and data.images.shape == (size, 1, 28, 28)
-    assert int(data.images.max()) > 200 and int(data.images.min()) == 0
+    assert data.inputs.dtype == torch.uint8 and data.inputs.shape == (size, 1, 28, 28)
+    assert int(data.inputs.max()) > 200 and int(data.inputs.min()) == 0
     assert data.labels.dtype == torch.int64 and data.class_names == hierarchy.classes
     counts = torch.bincount(data.labels, minlength=10)
     if name == "fashion-mnist":
@@ -131,7 +131,7 @@ def test_builtin_sizes_and_format(name, split, size):
         assert concepts == frozenset(chain)
         assert len(captions) == 3
         assert all(concept in caption for caption, concept in zip(captions, chain[::-1]))
-    batch = data.image_batch([0, 1, 2])
+    batch = data.input_batch([0, 1, 2])
     assert batch.dtype == torch.float32 and batch.shape == (3, 1, 28, 28)
     assert 0.0 <= float(batch.min()) and float(batch.max()) <= 1.0
 
@@ -153,18 +153,18 @@ def test_builtin_captions_are_fixed_and_templates_vary_by_item():
     assert len(set(a.canonical_captions()[:100])) > 10  # several templates per class
     assert load_builtin("fashion-mnist", "test").captions[:50] != a.captions[:50]
     # train and test digits are disjoint images
-    train = load_builtin("digits", "train").images.flatten(1)
-    assert not (load_builtin("digits", "test").images.flatten(1)[:20, None, :] == train[None]).all(-1).any()
+    train = load_builtin("digits", "train").inputs.flatten(1)
+    assert not (load_builtin("digits", "test").inputs.flatten(1)[:20, None, :] == train[None]).all(-1).any()
 
 
 def test_builtin_datasets_do_not_share_mutable_images():
     a = load_builtin("digits", "train")
-    a.images[0].fill_(7)
-    assert not torch.all(load_builtin("digits", "train").images[0] == 7)
+    a.inputs[0].fill_(7)
+    assert not torch.all(load_builtin("digits", "train").inputs[0] == 7)
 
 
 def test_builtin_unknown_name_or_split():
-    assert BUILTIN_DATASETS == ("fashion-scenes", "fashion-mnist", "digits")
+    assert BUILTIN_DATASETS == ("fashion-scenes", "fashion-mnist", "digits", "molecules")
     with pytest.raises(DataError, match="fashion-mnist, digits"):
         load_builtin("cifar10", "train")
     with pytest.raises(DataError, match="train, test"):
@@ -177,7 +177,7 @@ def test_builtin_unknown_name_or_split():
 def _tiny(n=4, name="tiny"):
     return PairDataset(
         name=name,
-        images=torch.arange(n * 3 * 2 * 2, dtype=torch.uint8).reshape(n, 3, 2, 2),
+        inputs=torch.arange(n * 3 * 2 * 2, dtype=torch.uint8).reshape(n, 3, 2, 2),
         captions=[(f"caption {i}",) for i in range(n)],
         concepts=[frozenset({"a" if i % 2 else "b"}) for i in range(n)],
         labels=torch.tensor([i % 2 for i in range(n)]),
@@ -191,7 +191,7 @@ def test_subset_ids_and_hash():
     part = data.subset([5, 3, 1], name="part")
     assert part.name == "part" and len(part) == 3
     assert part.ids == [data.ids[5], data.ids[3], data.ids[1]]
-    assert torch.equal(part.images[0], data.images[5]) and part.captions[1] == data.captions[3]
+    assert torch.equal(part.inputs[0], data.inputs[5]) and part.captions[1] == data.captions[3]
     assert part.canonical_captions() == [data.captions[i][-1] for i in (5, 3, 1)]
     assert data.canonical_captions([0]) == [data.captions[0][-1]]
     mask = data.labels == 8
@@ -212,9 +212,9 @@ def test_pair_dataset_validation():
     with pytest.raises(DataError, match="3 captions"):
         PairDataset(**{**tiny.__dict__, "captions": tiny.captions[:3]})
     with pytest.raises(DataError, match="uint8"):
-        PairDataset(**{**tiny.__dict__, "images": tiny.images.float()})
+        PairDataset(**{**tiny.__dict__, "inputs": tiny.inputs.float()})
     with pytest.raises(DataError, match="C in"):
-        PairDataset(**{**tiny.__dict__, "images": torch.zeros(4, 2, 2, 2, dtype=torch.uint8)})
+        PairDataset(**{**tiny.__dict__, "inputs": torch.zeros(4, 2, 2, 2, dtype=torch.uint8)})
     with pytest.raises(DataError, match="labels"):
         PairDataset(**{**tiny.__dict__, "labels": torch.tensor([0, 1, 2, 0])})
     changed = PairDataset(**{**tiny.__dict__, "captions": [("other",)] + tiny.captions[1:]})
@@ -242,9 +242,9 @@ def test_folder_csv(tmp_path):
     )
     data = load_image_text_folder(tmp_path, "ann.csv", image_size=16)
     assert data.name == "ann" and len(data) == 4
-    assert data.images.shape == (4, 3, 16, 16) and data.images.dtype == torch.uint8
-    assert data.images[0, :, 8, 8].tolist() == [255, 0, 0]
-    assert data.images[3, :, 8, 8].tolist() == [128, 128, 128]
+    assert data.inputs.shape == (4, 3, 16, 16) and data.inputs.dtype == torch.uint8
+    assert data.inputs[0, :, 8, 8].tolist() == [255, 0, 0]
+    assert data.inputs[3, :, 8, 8].tolist() == [128, 128, 128]
     assert data.captions[2] == ("a blue square, bright",)
     assert data.class_names == ("colour", "green", "grey", "red")
     assert data.labels.tolist() == [-1, 1, -1, 2]
@@ -266,7 +266,7 @@ def test_folder_jsonl(tmp_path):
     data = load_image_text_folder(tmp_path, annotations, image_size=8, name="mine")
     assert data.name == "mine" and data.ids == ["r", "g", "r2"]
     assert data.class_names == ("cool", "warm") and data.labels.tolist() == [1, 0, -1]
-    assert data.images.shape == (3, 3, 8, 8) and torch.equal(data.images[0], data.images[2])
+    assert data.inputs.shape == (3, 3, 8, 8) and torch.equal(data.inputs[0], data.inputs[2])
 
 
 def _csv(tmp_path, text):

@@ -28,7 +28,7 @@ def _dataset(captions: list[str]) -> PairDataset:
     n = len(captions)
     return PairDataset(
         name="toy",
-        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        inputs=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
         captions=[("a thing.", caption) for caption in captions],
         concepts=[frozenset() for _ in range(n)],
         labels=torch.full((n,), -1),
@@ -160,7 +160,7 @@ def test_pair_scores_are_the_cosine_of_each_image_and_its_caption_encoded_once()
 def test_pair_scores_are_negative_geodesic_distances_for_lorentz():
     model, splits, tokenizer = _toy(LORENTZ, forgot=False, c=0.5)
     texts = model.encode_text(torch.arange(1, N_FORGET + 1)[:, None])
-    images = model.encode_image(splits.forget.image_batch(range(N_FORGET)))
+    images = model.encode_input(splits.forget.input_batch(range(N_FORGET)))
     expected = -lorentz.paired_dist(images, texts, 0.5)
     assert torch.allclose(pair_scores(model, splits.forget, tokenizer, batch_size=7), expected)
 
@@ -174,7 +174,7 @@ def test_pair_scores_of_empty_data():
 def _batch_sizes(model) -> list[tuple[str, int]]:
     """Wrap the encoders of ``model`` to record ``(encoder, batch size)`` of every call."""
     calls = []
-    for name in ("encode_image", "encode_text"):
+    for name in ("encode_input", "encode_text"):
         encode = getattr(model, name)
         setattr(model, name, lambda batch, encode=encode, name=name: calls.append((name, len(batch))) or encode(batch))
     return calls
@@ -184,28 +184,28 @@ def test_images_and_captions_are_encoded_in_batches_of_batch_size():
     model, splits, tokenizer = _toy(EUCLIDEAN, forgot=False)
     calls = _batch_sizes(model)
     pair_scores(model, splits.forget, tokenizer, batch_size=7)  # 20 images with 20 distinct captions
-    assert sorted(calls) == [("encode_image", 6), *[("encode_image", 7)] * 2, ("encode_text", 6),
+    assert sorted(calls) == [("encode_input", 6), *[("encode_input", 7)] * 2, ("encode_text", 6),
                              *[("encode_text", 7)] * 2]
     calls.clear()
     forget_quality_metrics(model, splits, tokenizer, batch_size=7)  # D_f, then 100 of D_r
-    assert max(size for _, size in calls) == 7 and sum(size for name, size in calls if name == "encode_image") == 120
+    assert max(size for _, size in calls) == 7 and sum(size for name, size in calls if name == "encode_input") == 120
 
 
 def test_default_batch_size_is_500():
     n = 503
-    data = PairDataset(name="same", images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x", "x.")] * n,
+    data = PairDataset(name="same", inputs=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x", "x.")] * n,
                        concepts=[frozenset()] * n, labels=torch.full((n,), -1), ids=[f"same/{i}" for i in range(n)],
                        class_names=())
     model = fake_model(EUCLIDEAN, torch.ones(1, 2), torch.ones(1, 2))
     calls = _batch_sizes(model)
     assert pair_scores(model, data, FakeTokenizer(["x."])).tolist() == pytest.approx([1.0] * n)
-    assert calls == [("encode_text", 1), ("encode_image", 500), ("encode_image", 3)]
+    assert calls == [("encode_text", 1), ("encode_input", 500), ("encode_input", 3)]
     calls.clear()
     splits = UnlearningSplits(request=UnlearningRequest(sample_ids=tuple(data.ids[2:])),
                               forget=data.subset(range(2, n)), retain=data.subset([0, 1]), test_forget=data,
                               test_retain=data, forget_classes=(), retain_classes=())
     forget_quality_metrics(model, splits, FakeTokenizer(["x."]))  # the 501 D_f images, then both of D_r
-    assert [size for name, size in calls if name == "encode_image"] == [500, 1, 2]
+    assert [size for name, size in calls if name == "encode_input"] == [500, 1, 2]
 
 
 def test_forget_quality_metrics_score_a_seeded_sample_of_the_retain_set():

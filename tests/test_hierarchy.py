@@ -16,7 +16,7 @@ from vlunlearn.evaluation.hierarchy import (
     distance_to_origin_by_concept,
     distance_to_origin_by_level,
     entailment_rate,
-    image_traversal,
+    input_traversal,
 )
 from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
 from vlunlearn.models import build_model
@@ -28,7 +28,7 @@ def _dataset(captions, labels, class_names=("a", "b", "c")) -> PairDataset:
     n = len(captions)
     return PairDataset(
         name="toy",
-        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        inputs=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
         captions=[("generic.", caption) for caption in captions],
         concepts=[frozenset() for _ in range(n)],
         labels=torch.tensor(labels),
@@ -121,7 +121,7 @@ def test_euclidean_models_are_refused():
         with pytest.raises(ValueError, match="hyperbolic"):
             fn(model, data, tokenizer)
     with pytest.raises(ValueError, match="hyperbolic"):
-        image_traversal(model, torch.zeros(1, 2, 2), {"x": "caption 0."}, tokenizer)
+        input_traversal(model, torch.zeros(1, 2, 2), {"x": "caption 0."}, tokenizer)
 
 
 # --------------------------------------------------------------------------- image traversal
@@ -147,36 +147,36 @@ PROMPTS = {"sneaker": ["sneaker"], "footwear": ["footwear a", "footwear b"], "ba
 def test_traversal_walks_from_the_specific_concept_to_the_root(c):
     model, tokenizer = _traversal_model(c)
     # without the cone mask "dress" would label the image end: it is nearer than "sneaker"
-    image_0 = model.encode_image(torch.zeros(1, 1, 2, 2))
+    image_0 = model.encode_input(torch.zeros(1, 1, 2, 2))
     dress, sneaker = model.encode_text(torch.tensor([[4], [0]]))
     assert lorentz.pairwise_dist(image_0, dress[None], c) < lorentz.pairwise_dist(image_0, sneaker[None], c)
     image = torch.zeros(1, 2, 2)  # pixel value 0 -> image 0, on the x axis
-    assert image_traversal(model, image, PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
+    assert input_traversal(model, image, PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
     # image 1 lies on the y axis: only "bag" contains it; "footwear" is never a candidate
     image = torch.full((1, 2, 2), 1 / 255)
-    assert image_traversal(model, image, PROMPTS, tokenizer) == ["bag", ROOT]
+    assert input_traversal(model, image, PROMPTS, tokenizer) == ["bag", ROOT]
     # uint8 images are scaled; a handful of steps still sees every stage here
-    assert image_traversal(model, torch.zeros(1, 2, 2, dtype=torch.uint8), PROMPTS, tokenizer, steps=9) == [
+    assert input_traversal(model, torch.zeros(1, 2, 2, dtype=torch.uint8), PROMPTS, tokenizer, steps=9) == [
         "sneaker", "footwear", ROOT]
 
 
 def test_traversal_skips_concepts_whose_cone_misses_the_path():
     model, tokenizer = _traversal_model()
     prompts = {"bag": ["bag"], "dress": ["dress"]}
-    assert image_traversal(model, torch.zeros(1, 2, 2), prompts, tokenizer) == [ROOT]
-    assert image_traversal(model, torch.zeros(1, 2, 2), {}, tokenizer) == [ROOT]
+    assert input_traversal(model, torch.zeros(1, 2, 2), prompts, tokenizer) == [ROOT]
+    assert input_traversal(model, torch.zeros(1, 2, 2), {}, tokenizer) == [ROOT]
 
 
 def test_traversal_rejects_bad_arguments():
     model, tokenizer = _traversal_model()
     with pytest.raises(ValueError):
-        image_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=1)
+        input_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=1)
     with pytest.raises(ValueError):
-        image_traversal(model, torch.zeros(1, 2, 2), {ROOT: "bag"}, tokenizer)
+        input_traversal(model, torch.zeros(1, 2, 2), {ROOT: "bag"}, tokenizer)
     with pytest.raises(ValueError):
-        image_traversal(model, torch.zeros(1, 2, 2), {"bag": []}, tokenizer)
+        input_traversal(model, torch.zeros(1, 2, 2), {"bag": []}, tokenizer)
     with pytest.raises(ValueError):
-        image_traversal(model, torch.zeros(2, 1, 2, 2), PROMPTS, tokenizer)
+        input_traversal(model, torch.zeros(2, 1, 2, 2), PROMPTS, tokenizer)
 
 
 # --------------------------------------------------------------------------- untrained tiny MERU
@@ -192,13 +192,13 @@ def test_diagnostics_run_on_an_untrained_tiny_meru():
         c = model.curvature()
         inside = [
             bool(lorentz.exterior_angle(text, image, c) <= lorentz.half_aperture(text, c))
-            for image, text in zip(model.encode_image(data.image_batch(range(4))),
+            for image, text in zip(model.encode_input(data.input_batch(range(4))),
                                    model.encode_text(tokenizer(data.canonical_captions(), model.config.context_length)))
         ]
     assert rate == pytest.approx(sum(inside) / 4)
     by_concept = distance_to_origin_by_concept(model, data, tokenizer)
     assert list(by_concept) == ["bag", "coat"] and all(v > 0 for v in by_concept.values())
-    path = image_traversal(model, data.image_batch([0])[0], {"bag": ["a photo of a bag."], "top": "a top."},
+    path = input_traversal(model, data.input_batch([0])[0], {"bag": ["a photo of a bag."], "top": "a top."},
                            tokenizer, steps=5)
     assert path[-1] == ROOT and set(path) <= {"bag", "top", ROOT}
 
@@ -257,14 +257,14 @@ def test_an_image_exactly_on_the_cone_boundary_is_entailed():
 def test_traversal_image_formats_and_path_ends():
     model, tokenizer = _traversal_model()
     # two steps are enough: the image itself and the origin
-    assert image_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=2) == ["sneaker", ROOT]
+    assert input_traversal(model, torch.zeros(1, 2, 2), PROMPTS, tokenizer, steps=2) == ["sneaker", ROOT]
     # (C, H, W) with three channels; pixel value 1 / 255 is image 1, on the y axis
-    assert image_traversal(model, torch.full((3, 2, 2), 1 / 255), PROMPTS, tokenizer) == ["bag", ROOT]
+    assert input_traversal(model, torch.full((3, 2, 2), 1 / 255), PROMPTS, tokenizer) == ["bag", ROOT]
     # uint8 255 is scaled to 1.0: image 255 (on the x axis), not 254 (at the origin)
     images = torch.zeros(256, 2, dtype=D)
     images[255] = lorentz.exp_map0(torch.tensor([4.0, 0.0], dtype=D), 1.0)
     far = fake_model(LORENTZ, images, model.encode_text(torch.arange(5)[:, None]), 1.0)
-    assert image_traversal(far, torch.full((1, 2, 2), 255, dtype=torch.uint8), PROMPTS, tokenizer) == [
+    assert input_traversal(far, torch.full((1, 2, 2), 255, dtype=torch.uint8), PROMPTS, tokenizer) == [
         "sneaker", "footwear", ROOT]
 
 
@@ -272,15 +272,15 @@ def test_traversal_starts_at_the_image_not_beyond_it():
     # "beyond" sits on the x axis further out (tangent radius 6) than image 0 (radius 4)
     model, tokenizer = _traversal_model()
     beyond = lorentz.exp_map0(torch.tensor([[6.0, 0.0]], dtype=D), 1.0)
-    model = fake_model(LORENTZ, model.encode_image(torch.zeros(1, 1, 2, 2)), beyond, 1.0)
-    assert image_traversal(model, torch.zeros(1, 2, 2), {"beyond": "beyond"}, FakeTokenizer(["beyond"])) == [ROOT]
+    model = fake_model(LORENTZ, model.encode_input(torch.zeros(1, 1, 2, 2)), beyond, 1.0)
+    assert input_traversal(model, torch.zeros(1, 2, 2), {"beyond": "beyond"}, FakeTokenizer(["beyond"])) == [ROOT]
 
 
 def test_traversal_accepts_text_embeddings_of_another_dtype():
     model, tokenizer = _traversal_model()
     texts = model.encode_text(torch.arange(5)[:, None]).to(torch.float32)
-    mixed = fake_model(LORENTZ, model.encode_image(torch.zeros(2, 1, 2, 2)), texts, 1.0)
-    assert image_traversal(mixed, torch.zeros(1, 2, 2), PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
+    mixed = fake_model(LORENTZ, model.encode_input(torch.zeros(2, 1, 2, 2)), texts, 1.0)
+    assert input_traversal(mixed, torch.zeros(1, 2, 2), PROMPTS, tokenizer) == ["sneaker", "footwear", ROOT]
 
 
 def _band_model(radius: float):
@@ -298,7 +298,7 @@ BAND = {"outer": "outer", "band": "band"}
 
 def _band_walk(radius: float, steps: int | None = None) -> list[str]:
     kwargs = {} if steps is None else {"steps": steps}
-    return image_traversal(_band_model(radius), torch.zeros(1, 2, 2), BAND, FakeTokenizer(list(BAND)), **kwargs)
+    return input_traversal(_band_model(radius), torch.zeros(1, 2, 2), BAND, FakeTokenizer(list(BAND)), **kwargs)
 
 
 def test_traversal_takes_50_steps_by_default():

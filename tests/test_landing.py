@@ -55,7 +55,7 @@ def _dataset(true_classes, hierarchy=DIGITS) -> PairDataset:
     n = len(true_classes)
     return PairDataset(
         name="digits-toy",
-        images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        inputs=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
         captions=[(f"the number {name}.",) for name in true_classes],
         concepts=[frozenset(DIGITS.ancestors(name)) for name in true_classes],
         labels=torch.tensor([DIGITS.classes.index(name) for name in true_classes]),
@@ -203,7 +203,7 @@ def test_nearest_concepts_accepts_text_embeddings_of_another_dtype(geometry):
     landed = ["zero", "even", "one"]
     model, tokenizer = _axes_model(geometry, torch.stack([_axis(name) for name in landed]))
     texts = model.encode_text(torch.arange(len(TEXTS))[:, None]).to(torch.float32)
-    images = model.encode_image(torch.arange(3).view(3, 1, 1, 1) / 255)
+    images = model.encode_input(torch.arange(3).view(3, 1, 1, 1) / 255)
     mixed = fake_model(geometry, images, texts, None if geometry is EUCLIDEAN else C)
     assert nearest_concepts(mixed, _dataset(["zero"] * 3), tokenizer) == landed
 

@@ -11,7 +11,7 @@ import torch
 
 from vlunlearn.data import Tokenizer, load_builtin
 from tests.fakes import fake_model
-from vlunlearn.evaluation.memo import MemoEncoder, image_keys, token_keys
+from vlunlearn.evaluation.memo import MemoEncoder, input_keys, token_keys
 from vlunlearn.evaluation.retrieval import retrieval_metrics
 from vlunlearn.evaluation.zero_shot import evaluate_zero_shot
 from vlunlearn.geometry import EUCLIDEAN
@@ -56,37 +56,37 @@ def test_token_keys_strip_only_trailing_padding():
 
 def test_image_keys_depend_on_every_byte_shape_and_dtype():
     x = torch.zeros(2, 1, 2, 2)
-    keys = image_keys(x)
+    keys = input_keys(x)
     assert keys[0] == keys[1] and keys[0][:2] == ("torch.float32", (1, 2, 2)) and len(keys[0][2]) == 16
     x[1, 0, 1, 1] = 1e-7
-    assert image_keys(x)[1] != keys[0]
-    assert image_keys(x[:1].double())[0] != keys[0] and image_keys(x[:1].reshape(1, 2, 2, 1))[0] != keys[0]
-    assert image_keys(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16))[0][0] == "torch.bfloat16"
+    assert input_keys(x)[1] != keys[0]
+    assert input_keys(x[:1].double())[0] != keys[0] and input_keys(x[:1].reshape(1, 2, 2, 1))[0] != keys[0]
+    assert input_keys(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16))[0][0] == "torch.bfloat16"
 
 
 def test_outputs_equal_the_model_and_a_repeated_call_encodes_nothing(model):
     memo = MemoEncoder(model)
     x, t = images(6), tokens(5)
     with torch.no_grad():
-        expected_images, expected_texts = model.encode_image(x), model.encode_text(t)
-    got_images, got_texts = memo.encode_image(x), memo.encode_text(t)
+        expected_images, expected_texts = model.encode_input(x), model.encode_text(t)
+    got_images, got_texts = memo.encode_input(x), memo.encode_text(t)
     assert torch.equal(got_images, expected_images) and torch.equal(got_texts, expected_texts)
     assert got_images.dtype == expected_images.dtype and got_images.device == expected_images.device
     assert (memo.misses, memo.hits) == (11, 0)
-    assert torch.equal(memo.encode_image(x), expected_images) and torch.equal(memo.encode_text(t), expected_texts)
+    assert torch.equal(memo.encode_input(x), expected_images) and torch.equal(memo.encode_text(t), expected_texts)
     assert (memo.misses, memo.hits) == (11, 11)
 
 
 def test_mixed_batch_encodes_only_the_new_rows_in_input_order(model, monkeypatch):
     memo = MemoEncoder(model)
     old, new = images(4, seed=1), images(3, seed=2)
-    cached = memo.encode_image(old)
-    sizes = spy(model, "encode_image", monkeypatch)
+    cached = memo.encode_input(old)
+    sizes = spy(model, "encode_input", monkeypatch)
     mixed = torch.cat([new[:1], old[2:3], new[1:], old[:1]])  # new0, old2, new1, new2, old0
-    out = memo.encode_image(mixed)
+    out = memo.encode_input(mixed)
     assert sizes == [3] and (memo.misses, memo.hits) == (7, 2)
     with torch.no_grad():
-        fresh = model.encode_image(new)
+        fresh = model.encode_input(new)
     assert torch.equal(out, torch.stack([fresh[0], cached[2], fresh[1], fresh[2], cached[0]]))
 
 
@@ -112,9 +112,9 @@ def test_differently_padded_captions_hit(model, monkeypatch):
 def test_one_pixel_change_misses(model):
     memo = MemoEncoder(model)
     x = images(2, seed=5)
-    before = memo.encode_image(x)
+    before = memo.encode_input(x)
     x[1, 0, 3, 3] += 1 / 255
-    after = memo.encode_image(x)
+    after = memo.encode_input(x)
     assert (memo.misses, memo.hits) == (3, 1)
     assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
 
@@ -124,14 +124,14 @@ def test_changed_weights_need_a_new_memo(model):
     old wrapper keeps the frozen model's: one memo per frozen model."""
     x = images(3, seed=6)
     memo = MemoEncoder(model)
-    before = memo.encode_image(x)
+    before = memo.encode_input(x)
     edited = copy.deepcopy(model)
     with torch.no_grad():
         edited.visual_proj.weight.mul_(-1)
-        expected = edited.encode_image(x)
-    after = MemoEncoder(edited).encode_image(x)
+        expected = edited.encode_input(x)
+    after = MemoEncoder(edited).encode_input(x)
     assert torch.equal(after, expected) and not torch.allclose(after, before)
-    assert torch.equal(memo.encode_image(x), before)
+    assert torch.equal(memo.encode_input(x), before)
 
 
 def test_attributes_pass_through(model):
@@ -161,7 +161,7 @@ def test_metrics_through_the_memo_are_unchanged(model, monkeypatch):
     expected = (retrieval_metrics(model, data, tokenizer), evaluate_zero_shot(model, data, tokenizer))
     memo = MemoEncoder(model)
     assert retrieval_metrics(memo, data, tokenizer) == expected[0]
-    sizes = spy(model, "encode_image", monkeypatch)
+    sizes = spy(model, "encode_input", monkeypatch)
     assert evaluate_zero_shot(memo, data, tokenizer) == expected[1]
     assert sizes == [] and memo.hits >= 60  # the 60 images were encoded once, by retrieval
 

@@ -65,14 +65,14 @@ class TableModel(nn.Module):
     def embed(self, rows: Tensor) -> Tensor:
         return self.geometry.embed(rows, torch.tensor(1.0, dtype=torch.float64), self.curvature())
 
-    def encode_image(self, images: Tensor) -> Tensor:
+    def encode_input(self, images: Tensor) -> Tensor:
         return self.embed(self.images[(images[:, 0, 0, 0] * 255).round().long()])
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         return self.embed(self.texts[tokens[:, 0]])
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encode_image(images), self.encode_text(tokens)
+        return self.encode_input(images), self.encode_text(tokens)
 
 
 def pairs(images: list[int], tokens: list[int]) -> PairBatch:
@@ -135,7 +135,7 @@ def aperture(row: Tensor) -> float:
 
 def encoded(model: TableModel, batch: PairBatch) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
-        return model(batch.images, batch.tokens)
+        return model(batch.inputs, batch.tokens)
 
 
 def con(model: TableModel, batch: PairBatch) -> float:
@@ -214,7 +214,7 @@ CONCEPT_FORGET = pairs([3, 4], [3, 3])  # a concept request: both forget pairs h
 def nearest_caption(model: TableModel, image: int, captions: list[int]) -> int:
     """The caption token, among ``captions``, most similar to image ``image`` (zero-shot prediction)."""
     with torch.no_grad():
-        v = model.encode_image(pairs([image], [0]).images)
+        v = model.encode_input(pairs([image], [0]).inputs)
         t = model.encode_text(torch.tensor(captions).view(-1, 1))
     return captions[int(similarity(model, v, t).argmax())]
 

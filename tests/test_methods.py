@@ -110,8 +110,8 @@ def test_ac_loss_matches_its_formula(digits_splits, tokenizer):
     assert all(p in forget_captions and p != o for p, o in zip(partners, own))
     with torch.no_grad():
         loss = method.loss(model, retain, forget, step=0).loss
-        v_r, t_r = model(retain.images, retain.tokens)
-        v_f, t_f = model(forget.images, forget.tokens)
+        v_r, t_r = model(retain.inputs, retain.tokens)
+        v_f, t_f = model(forget.inputs, forget.tokens)
         images, texts = torch.cat([v_r, v_f]), torch.cat([t_r, model.encode_text(tokens(partners))])
         logits = model.logit_scale.exp() * images @ texts.T
         columns = [retain_captions[i] for i in retain.indices.tolist()] + partners
@@ -143,7 +143,7 @@ def test_hac_terms_switch_off_to_plain_ac(digits_splits, tokenizer):
     # the norm term is zero against an identical original; the others are logged
     assert on.logs["norm"] == pytest.approx(0.0, abs=1e-10)
     assert {"entailment_calibration", "retain_entailment", "forget_depth"} <= set(on.logs)
-    v_f = model.encode_image(forget.images)
+    v_f = model.encode_input(forget.inputs)
     assert on.logs["forget_depth"] == pytest.approx(lorentz.dist_to_origin(v_f, model.curvature()).mean().item(), rel=1e-5)
 
 

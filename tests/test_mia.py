@@ -342,7 +342,7 @@ def _dataset(captions: list[str], name: str = "toy", offset: int = 0, image_inde
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
     index = range(offset, offset + n) if image_index is None else image_index
     images[:, 0, 0, 0] = torch.tensor(index, dtype=torch.uint8)
-    return PairDataset(name=name, images=images, captions=[(c,) for c in captions], concepts=[set() for _ in captions],
+    return PairDataset(name=name, inputs=images, captions=[(c,) for c in captions], concepts=[set() for _ in captions],
                        labels=torch.full((n,), -1), ids=[f"{name}/{i}" for i in range(n)], class_names=())
 
 
@@ -360,7 +360,7 @@ def _fake_model(image_table: torch.Tensor, text_table: dict[str, torch.Tensor], 
         curvature=lambda: None if c is None else torch.tensor(c),
         config=SimpleNamespace(context_length=2),
         eval=lambda: None,
-        encode_image=lambda batch: image_table[(batch[:, 0, 0, 0] * 255).round().long()],
+        encode_input=lambda batch: image_table[(batch[:, 0, 0, 0] * 255).round().long()],
         encode_text=lambda tokens: texts[tokens[:, 0]],
         logit_scale=torch.tensor(math.log(scale)),
     )
@@ -512,7 +512,7 @@ def test_mia_metrics_calibrated_attack_on_a_fake_model():
         mia_metrics(model, forget, test_forget, tokenizer, reference_members=retain)
 
 
-def _batch_sizes(model, encoder: str = "encode_image") -> list[int]:
+def _batch_sizes(model, encoder: str = "encode_input") -> list[int]:
     """Wrap ``model.<encoder>`` to record the batch size of every call."""
     calls, encode = [], getattr(model, encoder)
     setattr(model, encoder, lambda batch: calls.append(len(batch)) or encode(batch))

@@ -135,7 +135,7 @@ def test_model_config_names_and_geometry():
         assert model_config(name).name == name
     scenes = model_config("tiny-scenes", "lorentz")
     assert (scenes.geometry, scenes.patch_size, scenes.vision_width, scenes.text_depth) == ("lorentz", 14, 96, 2)
-    with pytest.raises(ValueError, match="valid names: tiny, tiny-scenes, meru-vit-s"):
+    with pytest.raises(ValueError, match="valid names: tiny, tiny-scenes, tiny-graph, meru-vit-s"):
         model_config("vit-xl")
     with pytest.raises(ValueError, match="lorentz"):
         model_config("meru-vit-s", "euclidean")

@@ -119,11 +119,11 @@ def test_grey_images_are_repeated_to_rgb_and_normalised_with_the_model_statistic
     seen = []
     adapter.inner.visual.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     grey = torch.rand(2, 1, 28, 28)
-    features = adapter.encode_image(grey, project=False)
+    features = adapter.encode_input(grey, project=False)
     expected = torch.cat([(grey - m) / s for m, s in zip(MEAN, STD)], dim=1)
     torch.testing.assert_close(seen[0], expected)
     torch.testing.assert_close(features, adapter.inner.encode_image(expected))
-    embedded = adapter.encode_image(grey)
+    embedded = adapter.encode_input(grey)
     torch.testing.assert_close(embedded.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(embedded, F.normalize(features, dim=-1))
 
@@ -131,12 +131,12 @@ def test_grey_images_are_repeated_to_rgb_and_normalised_with_the_model_statistic
 def test_images_of_another_size_are_resized_to_the_input_size(adapter):
     seen = []
     adapter.inner.visual.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    adapter.encode_image(torch.full((1, 3, 14, 14), 0.5))
+    adapter.encode_input(torch.full((1, 3, 14, 14), 0.5))
     assert seen[0].shape == (1, 3, 28, 28)
     expected = torch.tensor([(0.5 - m) / s for m, s in zip(MEAN, STD)]).view(1, 3, 1, 1).expand(1, 3, 28, 28)
     torch.testing.assert_close(seen[0], expected)  # a constant image stays constant
     with pytest.raises(ValueError, match="3-channel"):
-        adapter.encode_image(torch.rand(1, 2, 28, 28))
+        adapter.encode_input(torch.rand(1, 2, 28, 28))
 
 
 def test_text_is_padded_to_the_context_length_and_wider_input_is_rejected(adapter, tokenizer):
@@ -254,8 +254,8 @@ def test_a_real_open_clip_model_gives_unit_embeddings(tokenizer):
     model = load_open_clip("ViT-B-32").eval()
     assert (model.config.context_length, model.config.image_size, model.config.in_channels) == (77, 224, 3)
     with torch.no_grad():
-        images = model.encode_image(torch.rand(2, 3, 224, 224))
-        grey = model.encode_image(torch.rand(2, 1, 28, 28))  # resized and repeated like the built-in data
+        images = model.encode_input(torch.rand(2, 3, 224, 224))
+        grey = model.encode_input(torch.rand(2, 1, 28, 28))  # resized and repeated like the built-in data
         texts = model.encode_text(tokenizer(["a photo of a seven.", "a sneaker"], 77))
     for embedding in (images, grey, texts):
         assert embedding.shape == (2, 512) and torch.isfinite(embedding).all()

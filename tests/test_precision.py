@@ -28,7 +28,7 @@ def splits():
 
 def _gradients(model, batch) -> dict[str, torch.Tensor]:
     model.zero_grad()
-    image_emb, text_emb = model(batch.images, batch.tokens)
+    image_emb, text_emb = model(batch.inputs, batch.tokens)
     (contrastive_loss(model, image_emb, text_emb) + entailment_loss(model, text_emb, image_emb)).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -23,7 +23,7 @@ def _pairs(start: int, per_class: int, name: str) -> PairDataset:
     labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)
     n = len(labels)
     index = torch.arange(start, start + n, dtype=torch.uint8)
-    return PairDataset(name=name, images=index[:, None, None, None].expand(n, 1, 2, 2).contiguous(),
+    return PairDataset(name=name, inputs=index[:, None, None, None].expand(n, 1, 2, 2).contiguous(),
                        captions=[(f"item {start + j}",) for j in range(n)],
                        concepts=[{CLASSES[k]} for k in labels.tolist()], labels=labels,
                        ids=[f"{name}/{j}" for j in range(n)], class_names=CLASSES)
@@ -82,8 +82,8 @@ def test_lorentz_uses_the_geodesic_distance_where_cosine_cannot_tell():
 def test_unlabelled_items_are_left_out_and_max_items_caps_each_split():
     model, tokenizer, splits = _setup(EUCLIDEAN)
     seen = []
-    encode_image = model.encode_image
-    model.encode_image = lambda images: seen.append(len(images)) or encode_image(images)
+    encode_input = model.encode_input
+    model.encode_input = lambda images: seen.append(len(images)) or encode_input(images)
     probe_metrics(model, splits, tokenizer, max_items=7)
     assert seen == [7, 7]
     unlabelled = splits.test_retain.subset(range(len(splits.test_retain)))

@@ -224,7 +224,7 @@ def _pixel_data(n, labels=None, concepts=None, class_names=("boot", "bag")):
 
     return PairDataset(
         name="pixels",
-        images=torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 1, 28, 28).clone(),
+        inputs=torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 1, 28, 28).clone(),
         captions=[("a thing.",)] * n,
         concepts=concepts or [frozenset()] * n,
         labels=torch.zeros(n, dtype=torch.long) if labels is None else torch.tensor(labels),

@@ -57,7 +57,7 @@ def _pairs(n: int, split: str, form: str) -> PairDataset:
     labels = [class_names.index(next(iter(c))) if len(c) == 1 else -1 for c in concepts]
     return PairDataset(
         name=split,
-        images=torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(len(split))),
+        inputs=torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(len(split))),
         captions=[(f"a {colour} {shape}, {split} picture {i}.",) for i, (colour, shape) in enumerate(items)],
         concepts=concepts,
         labels=torch.tensor(labels),
@@ -131,7 +131,7 @@ def _write_folder(folder: Path, split: str, n: int) -> Path:
     rows = []
     for i in range(n):
         name = f"{split}_{i}.png"
-        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(folder / name)
+        Image.fromarray(data.inputs[i].permute(1, 2, 0).numpy()).save(folder / name)
         rows.append(json.dumps({"path": name, "caption": data.captions[i][-1], "id": data.ids[i]}))
     annotations = folder / f"{split}.jsonl"
     annotations.write_text("\n".join(rows) + "\n")

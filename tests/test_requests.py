@@ -138,7 +138,7 @@ def _flat(n_labelled, n_unlabelled, name):
     n = n_labelled + n_unlabelled
     return PairDataset(
         name=name,
-        images=torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
+        inputs=torch.zeros(n, 3, 4, 4, dtype=torch.uint8),
         captions=[(f"item {i}",) for i in range(n)],
         concepts=[frozenset({"cat" if i % 2 else "dog"}) if i < n_labelled else frozenset() for i in range(n)],
         labels=torch.tensor([i % 2 if i < n_labelled else -1 for i in range(n)]),

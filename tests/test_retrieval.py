@@ -139,7 +139,7 @@ def _dataset(captions: list[str], image_index: list[int] | None = None) -> PairD
     n = len(captions)
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.tensor(range(n) if image_index is None else image_index, dtype=torch.uint8)
-    return PairDataset(name="toy", images=images, captions=[("thing", c) for c in captions],
+    return PairDataset(name="toy", inputs=images, captions=[("thing", c) for c in captions],
                        concepts=[{c} for c in captions], labels=torch.full((n,), -1),
                        ids=[f"toy/{i}" for i in range(n)],
                        class_names=())
@@ -151,7 +151,7 @@ def _fake_model(image_table: torch.Tensor, text_table: dict[str, list[float]]):
     texts = torch.tensor([text_table[t] for t in vocab])
     calls = []
 
-    def encode_image(batch: torch.Tensor) -> torch.Tensor:
+    def encode_input(batch: torch.Tensor) -> torch.Tensor:
         calls.append(("image", batch.shape[0]))
         return image_table[(batch[:, 0, 0, 0] * 255).round().long()]
 
@@ -160,7 +160,7 @@ def _fake_model(image_table: torch.Tensor, text_table: dict[str, list[float]]):
         return texts[tokens[:, 0]]
 
     model = SimpleNamespace(geometry=EUCLIDEAN, curvature=lambda: None, config=SimpleNamespace(context_length=8),
-                            eval=lambda: None, encode_image=encode_image, encode_text=encode_text,
+                            eval=lambda: None, encode_input=encode_input, encode_text=encode_text,
                             logit_scale=torch.tensor(0.0), calls=calls)
 
     def tokenizer(batch, context_length):

@@ -34,9 +34,9 @@ def prepared(geometry: str, **settings) -> tuple[TableModel, SalUn]:
 def hand_saliency(geometry: str, retain_negatives: bool, batches: int = 1) -> dict[str, torch.Tensor]:
     """``batches * |grad|`` of the forget pairs' mean contrastive loss, with or without B_r as negatives."""
     model = TableModel(geometry)
-    v, t = model(FORGET.images, FORGET.tokens)
+    v, t = model(FORGET.inputs, FORGET.tokens)
     if retain_negatives:
-        v_r, t_r = model(RETAIN.images, RETAIN.tokens)
+        v_r, t_r = model(RETAIN.inputs, RETAIN.tokens)
         loss = per_pair(model, torch.cat([v, v_r]), torch.cat([t, t_r]))[:2].mean()
     else:
         loss = per_pair(model, v, t).mean()

@@ -11,7 +11,7 @@ from vlunlearn.data.scenes import CELL, POSITIONS, TEST_SCENES, TRAIN_SCENES
 def test_sizes_levels_and_fixed_content():
     train, test = load_builtin("fashion-scenes", "train"), load_builtin("fashion-scenes", "test")
     assert (len(train), len(test)) == (TRAIN_SCENES, TEST_SCENES)
-    assert train.images.shape[1:] == (1, 28, 28) and train.hierarchy.levels == ("generic", "family", "class")
+    assert train.inputs.shape[1:] == (1, 28, 28) and train.hierarchy.levels == ("generic", "family", "class")
     assert all(len(captions) == 3 for captions in train.captions)
     assert load_builtin("fashion-scenes", "train").content_hash() == train.content_hash()
     assert train.content_hash() != test.content_hash()
@@ -38,7 +38,7 @@ def test_single_item_scenes_are_labelled_and_drawn_in_their_cell():
         caption = test.canonical_captions([index])[0]
         cell = next(i for i, position in enumerate(POSITIONS) if caption.endswith(f"{position}."))
         row, col = divmod(cell, 2)
-        image = test.images[index, 0].clone()
+        image = test.inputs[index, 0].clone()
         assert image[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL].sum() > 0
         image[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = 0
         assert image.sum() == 0  # nothing outside the item's cell

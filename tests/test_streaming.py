@@ -63,11 +63,11 @@ def test_streamed_images_equal_the_images_read_at_once(tmp_path):
     annotations = _folder(tmp_path)
     eager = load_image_text_folder(tmp_path, annotations, 16)
     lazy = load_image_text_folder(tmp_path, annotations, 16, stream=True)
-    assert isinstance(lazy.images, ImageFiles) and lazy.images.shape == eager.images.shape == (6, 3, 16, 16)
+    assert isinstance(lazy.inputs, ImageFiles) and lazy.inputs.shape == eager.inputs.shape == (6, 3, 16, 16)
     index = torch.tensor([4, 1, 1, 0])
-    assert torch.equal(lazy.image_batch(index), eager.image_batch(index))
+    assert torch.equal(lazy.input_batch(index), eager.input_batch(index))
     subset = lazy.subset(torch.tensor([5, 2]))
-    assert torch.equal(subset.image_batch([0, 1]), eager.image_batch([5, 2])) and subset.ids == ["images/5.png", "images/2.png"]
+    assert torch.equal(subset.input_batch([0, 1]), eager.input_batch([5, 2])) and subset.ids == ["images/5.png", "images/2.png"]
     # the fingerprint is stable and follows the files
     before = lazy.content_hash()
     assert before == load_image_text_folder(tmp_path, annotations, 16, stream=True).content_hash()
@@ -79,7 +79,7 @@ def test_worker_processes_decode_the_same_pixels(tmp_path):
     annotations = _folder(tmp_path, count=8)
     inline = load_image_text_folder(tmp_path, annotations, 12, stream=True)
     pooled = load_image_text_folder(tmp_path, annotations, 12, stream=True, workers=2)
-    assert torch.equal(pooled.image_batch(range(8)), inline.image_batch(range(8)))
+    assert torch.equal(pooled.input_batch(range(8)), inline.input_batch(range(8)))
 
 
 def test_streaming_checks_every_file_before_work_and_names_it(tmp_path):
@@ -100,11 +100,11 @@ def test_tar_shards_are_read_by_key(tmp_path):
     assert data.canonical_captions()[:2] == ["a photo of a dog.", "a photo of a cat."]  # from .json, then .txt
     expected = ImageFiles([ImageSource(str(tmp_path / "x.png"))], 16)
     (tmp_path / "x.png").write_bytes(_png(5))
-    assert torch.equal(data.image_batch([5]), expected.decode().float() / 255)
+    assert torch.equal(data.input_batch([5]), expected.decode().float() / 255)
     (tmp_path / "y.png").write_bytes(_png(6))
     last = ImageFiles([ImageSource(str(tmp_path / "y.png"))], 16).decode().float() / 255
-    assert torch.equal(data.subset([6]).image_batch([0]), last)  # a member of the second shard
-    assert not torch.equal(last, data.image_batch([5]))
+    assert torch.equal(data.subset([6]).input_batch([0]), last)  # a member of the second shard
+    assert not torch.equal(last, data.input_batch([5]))
 
 
 def test_bad_shards_are_clear_errors(tmp_path):
@@ -121,7 +121,7 @@ def test_bad_shards_are_clear_errors(tmp_path):
     broken["sample001"]["png"] = b"\x89PNG broken"
     data = load_tar_shards([_shard(tmp_path / "broken.tar", broken)], 16)
     with pytest.raises(DataError, match=r"item 'sample001': cannot read image sample001\.png in .*broken\.tar"):
-        data.image_batch([1])
+        data.input_batch([1])
 
 
 def test_unlearn_on_a_folder_of_shards_through_the_cli(tmp_path, capsys):

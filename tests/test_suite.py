@@ -42,7 +42,7 @@ def _digits(n: int, name: str) -> PairDataset:
              for c in classes]
     return PairDataset(
         name=name,
-        images=(torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+        inputs=(torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
         captions=[("a digit.", f"the number {c}.") for c in classes],
         concepts=shown,
         labels=torch.tensor([i % 10 for i in range(n)]),

@@ -198,8 +198,8 @@ def test_the_batch_at_a_step_depends_only_on_seed_and_step(digits50, tokenizer):
     for other in (again, fresh):
         assert torch.equal(first.indices, other.indices)
         assert torch.equal(first.tokens, other.tokens)
-        assert torch.equal(first.images, other.images)
-    torch.testing.assert_close(first.images, digits50.image_batch(first.indices))
+        assert torch.equal(first.inputs, other.inputs)
+    torch.testing.assert_close(first.inputs, digits50.input_batch(first.indices))
     other_seed = _sampler(digits50, tokenizer, seed=1, weights=(0.3, 0.3, 0.4))
     assert not torch.equal(first.indices, other_seed.indices(4))
     assert [sampler.indices(k).tolist() for k in range(3)] != [other_seed.indices(k).tolist() for k in range(3)]
@@ -245,7 +245,7 @@ def test_batch_size_is_capped_at_the_dataset_size(digits50, tokenizer):
     assert sampler.batch_size == 50 and sampler.steps_per_epoch == 1
     batch = sampler.batch(3)
     assert len(batch) == 50 and sorted(batch.indices.tolist()) == list(range(50))
-    assert batch.images.shape == (50, 1, 28, 28) and batch.tokens.shape[0] == 50
+    assert batch.inputs.shape == (50, 1, 28, 28) and batch.tokens.shape[0] == 50
 
 
 def test_an_empty_dataset_raises(digits50, tokenizer):
@@ -463,7 +463,7 @@ def test_the_loss_decreases_on_digits(digits_train, tokenizer):
     def full_loss(model) -> float:
         model.eval()
         with torch.no_grad():
-            image_emb, text_emb = model(data.image_batch(torch.arange(32)), cache(data.canonical_captions()))
+            image_emb, text_emb = model(data.input_batch(torch.arange(32)), cache(data.canonical_captions()))
             return contrastive_loss(model, image_emb, text_emb).item()
 
     torch.manual_seed(0)

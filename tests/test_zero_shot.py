@@ -18,7 +18,7 @@ from vlunlearn.evaluation import (
     class_prompts,
     concept_detection,
     detection_metrics,
-    encode_images,
+    encode_inputs,
     encode_texts,
     evaluate_splits,
     evaluate_zero_shot,
@@ -137,7 +137,7 @@ _ITEMS = [
 def _fake_splits():
     n = len(_ITEMS)
     images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 1, 2, 2).contiguous()
-    data = PairDataset(name="toy", images=images, captions=[(f"a {_CLASSES[k]}",) for k, _ in _ITEMS],
+    data = PairDataset(name="toy", inputs=images, captions=[(f"a {_CLASSES[k]}",) for k, _ in _ITEMS],
                        concepts=[{_CLASSES[k]} for k, _ in _ITEMS], labels=[k for k, _ in _ITEMS],
                        ids=[f"toy/{i}" for i in range(n)], class_names=_CLASSES)
     prompts = [template.format(name) for name in _CLASSES for template in DEFAULT_PROMPTS]
@@ -218,7 +218,7 @@ def test_splits_without_classes_or_test_items_give_nan():
     assert result["zs_train_retain"] == 100.0
     assert all(math.isnan(v) for v in detection_metrics(model, no_test, tokenizer).values())
     # no classes at all (a retrieval-only dataset): every accuracy and both detection APs are NaN
-    plain = PairDataset(name="plain", images=data.images, captions=data.captions, concepts=data.concepts,
+    plain = PairDataset(name="plain", inputs=data.inputs, captions=data.captions, concepts=data.concepts,
                         labels=torch.full((len(data),), -1), ids=data.ids, class_names=())
     no_classes = UnlearningSplits(splits.request, plain.subset([0]), plain.subset([1]), plain.subset([2]),
                                   plain.subset([3, 4]), (), ())
@@ -229,20 +229,20 @@ def test_splits_without_classes_or_test_items_give_nan():
 
 def test_encoders_work_in_batches_of_500_by_default():
     n = 501
-    data = PairDataset(name="same", images=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x",)] * n,
+    data = PairDataset(name="same", inputs=torch.zeros(n, 1, 2, 2, dtype=torch.uint8), captions=[("x",)] * n,
                        concepts=[set()] * n, labels=torch.full((n,), -1), ids=[f"same/{i}" for i in range(n)],
                        class_names=())
     model = fake_model(EUCLIDEAN, torch.eye(2), torch.eye(2))
     calls = []
-    encode_image, encode_text = model.encode_image, model.encode_text
-    model.encode_image = lambda images: calls.append(len(images)) or encode_image(images)
+    encode_input, encode_text = model.encode_input, model.encode_text
+    model.encode_input = lambda images: calls.append(len(images)) or encode_input(images)
     model.encode_text = lambda tokens: calls.append(len(tokens)) or encode_text(tokens)
-    assert torch.equal(encode_images(model, data), torch.tensor([[1.0, 0.0]]).expand(n, 2))
+    assert torch.equal(encode_inputs(model, data), torch.tensor([[1.0, 0.0]]).expand(n, 2))
     texts = encode_texts(model, FakeTokenizer(["x", "y"]), ["y"] * n)
     assert torch.equal(texts, torch.tensor([[0.0, 1.0]]).expand(n, 2))
     assert calls == [500, 1, 500, 1]
     calls.clear()
-    assert encode_images(model, data, batch_size=200).shape == (n, 2) and calls == [200, 200, 101]
+    assert encode_inputs(model, data, batch_size=200).shape == (n, 2) and calls == [200, 200, 101]
 
 
 def test_texts_are_tokenized_to_the_model_context_length(tokenizer):
@@ -265,7 +265,7 @@ def _multi_concept(cat_negative: list[float]):
     image_table = torch.tensor([[1.0, 0.0, 0.0], [s, s, 0.0], cat_negative, [-s, -s, 0.0]])
     concepts = [{"cat"}, {"cat", "dog"}, {"dog"}, set()]
     images = torch.arange(4, dtype=torch.uint8)[:, None, None, None].expand(4, 1, 2, 2).contiguous()
-    data = PairDataset(name="multi", images=images, captions=[("x",)] * 4, concepts=concepts,
+    data = PairDataset(name="multi", inputs=images, captions=[("x",)] * 4, concepts=concepts,
                        labels=[0, -1, 1, -1], ids=[f"m/{i}" for i in range(4)], class_names=_CLASSES)
     return fake_model(EUCLIDEAN, image_table, _E), FakeTokenizer(_CLASSES), data
 

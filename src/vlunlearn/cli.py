@@ -1,15 +1,12 @@
-"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate``, ``zeroshot``, ``report`` and ``study``."""
+"""The ``vlunlearn`` command line: ``demo``, ``pretrain``, ``unlearn``, ``evaluate``, ``zeroshot``, ``report``,
+``study`` and ``molecules``."""
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
-import os
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 from vlunlearn.cli_arguments import (
@@ -24,6 +21,7 @@ from vlunlearn.cli_arguments import (
     stated_recipe,
 )
 from vlunlearn.errors import RunInterrupted, VlunlearnError
+from vlunlearn.runs import save_traceback
 
 EXIT_CODES = """exit codes:
   0    success
@@ -33,10 +31,12 @@ EXIT_CODES = """exit codes:
 
 
 def _pretrain_command(args: argparse.Namespace) -> int:
+    from vlunlearn.data.sources import default_model
     from vlunlearn.training.pretrain import pretrain_recipe
     from vlunlearn.workflows import pretrain_run
 
-    config, start = pretrain_recipe(stated_recipe(args), model=args.model, geometry=args.geometry, seed=args.seed,
+    model = args.model or (None if args.init else default_model(args.data))
+    config, start = pretrain_recipe(stated_recipe(args), model=model, geometry=args.geometry, seed=args.seed,
                                     init=args.init)
     record = pretrain_run(
         config, data_source(args), Path(args.out), templates=args.prompt, start=start, resume=args.resume,
@@ -64,10 +64,26 @@ def _demo_command(args: argparse.Namespace) -> int:
     _print_table(
         results,
         f"Unlearning on built-in {args.data} (zero-shot top-1 on the test split; AP f = detection AP of the forgotten "
-        "concepts; R@1 = test image->text Recall@1; calibrated MIA AUC of D_f vs test-forget; dist. = D_f vs D_r "
+        f"concepts; R@1 = test {results['data']['modality']}->text Recall@1; calibrated MIA AUC of D_f vs test-forget; dist. = D_f vs D_r "
         "distinguishability; KS p vs the oracle; gap = alignment gap; /retrain = time / retraining time):",
     )
     print(f"\nReport: {out / 'report.md'}")
+    return 0
+
+
+def _molecules_command(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from vlunlearn.data.chem import molecules_from_table, read_smiles_file, write_molecules
+    from vlunlearn.errors import DataError
+
+    if importlib.util.find_spec("rdkit") is None:
+        raise DataError("reading SMILES needs RDKit: pip install 'vlunlearn[chem]' (files it wrote read without it)")
+    data = molecules_from_table(read_smiles_file(args.smiles), name=Path(args.smiles).stem)
+    write_molecules(data, args.out)
+    labelled = int((data.labels >= 0).sum())
+    print(f"{len(data)} molecules ({labelled} with one functional-group class) -> {args.out}; "
+          f"use it as --data or --test-data of pretrain, unlearn and evaluate")
     return 0
 
 
@@ -234,12 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--data", default="fashion-scenes", choices=BUILTIN_DATASETS)
     demo.add_argument("--forget", nargs="+", metavar="CONCEPT",
-                      help="concept(s) to forget, one request (default: sneaker; seven on digits)")
+                      help="concept(s) to forget, one request (default: sneaker; seven on digits; on molecules "
+                      "two requests, nitro group, then aldehyde + carboxylic acid)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, choices=(1, 2), help="processes: 2 runs CLIP and MERU side by side "
                       "(default where there are two cores or more)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo_command)
+
+    molecules = commands.add_parser(
+        "molecules", help="turn a SMILES file (CSV/TSV with smiles, caption, id columns, or .smi) into graph-text pairs",
+        description="Read molecules (a CSV/TSV with a `smiles` column and optional `caption` and `id` columns, or a\n"
+        ".smi file of `SMILES [id]` lines), find their functional groups (the concepts of the built-in\n"
+        "molecules hierarchy) and write graph-text pairs to a .npz file that pretrain, unlearn and evaluate\n"
+        "read as --data / --test-data. A row without a caption gets a generated one. Needs RDKit\n"
+        "(pip install 'vlunlearn[chem]').", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    molecules.add_argument("smiles", metavar="SMILES_FILE")
+    molecules.add_argument("--out", required=True, help="new .npz file (never overwritten)")
+    molecules.set_defaults(func=_molecules_command)
 
     pretrain = commands.add_parser(
         "pretrain", help="pretrain a model from scratch, or fine-tune one (--init), on built-in or your own data",
@@ -350,34 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         print("vlunlearn: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130
     except Exception as error:
-        saved = _save_traceback(getattr(args, "out", None))
+        saved = save_traceback(getattr(args, "out", None))
         print(f"vlunlearn: internal error (this is a bug, please report it): {type(error).__name__}: {error}\n"
               f"vlunlearn: the full traceback is saved in {saved}", file=sys.stderr)
         return 3
     finally:
         distributed.shutdown()
-
-
-def _save_traceback(out: str | None) -> Path:
-    """Write the traceback of the exception being handled to a new file and return its path:
-    ``<out>/error.txt`` (``error-1.txt``, ... when taken; never overwritten) when the run folder
-    ``out`` exists, else a new ``vlunlearn-error-*.txt`` in the temporary directory."""
-    text = traceback.format_exc()
-    if out and Path(out).is_dir():
-        for index in itertools.count():
-            path = Path(out) / ("error.txt" if index == 0 else f"error-{index}.txt")
-            try:
-                with path.open("x", encoding="utf-8") as file:
-                    file.write(text)
-                return path
-            except FileExistsError:
-                continue
-            except OSError:  # an unwritable run folder: fall back to the temporary directory
-                break
-    handle, name = tempfile.mkstemp(prefix="vlunlearn-error-", suffix=".txt")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(text)
-    return Path(name)
 
 
 if __name__ == "__main__":

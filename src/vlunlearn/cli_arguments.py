@@ -75,7 +75,8 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """The model and recipe of ``pretrain`` (see :data:`RECIPE_HELP`)."""
-    parser.add_argument("--model", help="model configuration (default: tiny; with --init, the checkpoint's)")
+    parser.add_argument("--model", help="model configuration (default: tiny, or tiny-graph for molecules; with --init, "
+                        "the checkpoint's)")
     parser.add_argument("--geometry", choices=("euclidean", "lorentz"),
                         help="default: lorentz for meru-* models, else euclidean; with --init, the checkpoint's")
     parser.add_argument("--init", metavar="CHECKPOINT", help="fine-tune this model folder or MERU/CLIP .pth "

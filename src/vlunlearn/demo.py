@@ -1,6 +1,6 @@
 """The end-to-end demo: pretrain (or reuse cached) tiny CLIP and MERU, retrain the oracle and run
-every method on one request (one concept, or several with ``forget``), evaluate everything,
-write the report."""
+every method on each request (one concept, or several with ``forget``; the molecules demo forgets
+one functional group, then several), evaluate everything, write the report."""
 
 from __future__ import annotations
 
@@ -23,7 +23,19 @@ from vlunlearn.training.pretrain import PretrainConfig, pretrain
 from vlunlearn.unlearning import unlearn
 from vlunlearn.evaluation.records import add_ratio_to_retrain, evaluate_group
 
-DEMO_FORGET = {"fashion-scenes": ("sneaker",), "fashion-mnist": ("sneaker",), "digits": ("seven",)}
+# molecules: one functional-group family (328 of the 3,938 training molecules), then two (451). Whole
+# families: the retrained oracle then never reads their names, so it cannot recognise them by composing
+# words it learned elsewhere, as it does a class ("aromatic nitro group" from "aliphatic nitro group").
+MOLECULES_DEMO_ONE = ("nitro group",)
+MOLECULES_DEMO_SEVERAL = ("aldehyde", "carboxylic acid")
+# 200 steps of 128 pairs (6.5 passes over the molecules) of tiny-graph at lr 2e-3: zero-shot
+# functional-group accuracy 53-61% of 13 classes (chance 8%) and test retrieval R@1 47-56% (chance
+# 0.1%) in about a minute on one core
+MOLECULES_RECIPE = {"model": "tiny-graph", "steps": 200, "batch_size": 128, "lr": 2e-3}
+DEMO_FORGET: dict[str, tuple[tuple[str, ...], ...]] = {  # the requests each demo runs, in order
+    "fashion-scenes": (("sneaker",),), "fashion-mnist": (("sneaker",),), "digits": (("seven",),),
+    "molecules": (MOLECULES_DEMO_ONE, MOLECULES_DEMO_SEVERAL),
+}
 DEMO_RECIPES = {
     # fashion-scenes: 500 steps of 128 pairs (21 passes over the 3,000 scenes) of the cheaper
     # tiny-scenes model at half the default learning rate (2e-3 sometimes derails MERU here) make
@@ -33,6 +45,7 @@ DEMO_RECIPES = {
     # the single-item sets: half the full recipe, enough for ~80% zero-shot accuracy.
     "fashion-mnist": {"steps": 234},
     "digits": {"steps": 234},
+    "molecules": MOLECULES_RECIPE,
 }
 METHOD_STEPS: int | None = None  # None: each method's documented default; the demo test shortens it
 
@@ -53,8 +66,8 @@ def demo_run(
     workers: int | None = None,
 ) -> dict:
     """Pretrain (or reuse) the originals, retrain the oracle without the concepts ``forget``
-    (default ``DEMO_FORGET[data_name]``) and run every method; evaluate every model and write
-    the report to ``out``.
+    (default: each request of ``DEMO_FORGET[data_name]`` in turn) and run every method; evaluate
+    every model and write the report to ``out``.
 
     ``seed`` seeds pretraining, every method and the evaluation samples; the data is the same
     for every seed, so demo runs with several seeds merge with ``vlunlearn report``.
@@ -70,7 +83,8 @@ def demo_run(
     if workers not in (1, 2):
         raise ConfigError(f"workers must be 1 or 2 (one process per geometry), not {workers}")
     train_data, test_data = load_builtin(data_name, "train"), load_builtin(data_name, "test")
-    splits = make_splits(train_data, test_data, UnlearningRequest(concepts=tuple(forget or DEMO_FORGET[data_name])))
+    requests = [tuple(forget)] if forget else DEMO_FORGET[data_name]
+    splits = [make_splits(train_data, test_data, UnlearningRequest(concepts=concepts)) for concepts in requests]
     out = create_run_folder(out)
     jobs = [
         GeometryJob(geometry, data_name, train_data, test_data, splits, DEMO_RECIPES[data_name], METHOD_STEPS, seed,
@@ -88,12 +102,12 @@ def demo_run(
         "kind": "demo",
         "config": {
             "data": data_name,
-            "forget": list(splits.request.concepts),
+            "forget": [list(s.request.concepts) for s in splits] if len(splits) > 1 else list(splits[0].request.concepts),
             "seed": seed,
             "workers": workers,
             **{f"pretrain_{k}": v for k, v in DEMO_RECIPES[data_name].items()},
         },
-        "data": {"name": data_name, "train_hash": train_data.content_hash()},
+        "data": {"name": data_name, "train_hash": train_data.content_hash(), "modality": train_data.modality},
         "environment": environment(),
         "records": [record for group in groups for record in group],
     }
@@ -109,7 +123,7 @@ class GeometryJob:
     data_name: str
     train_data: PairDataset
     test_data: PairDataset
-    splits: UnlearningSplits
+    splits: list[UnlearningSplits]
     recipe: dict
     method_steps: int | None
     seed: int
@@ -118,28 +132,36 @@ class GeometryJob:
     parallel: bool
 
     def records(self) -> list[dict]:
-        """Original (cached), oracle and every method, evaluated together."""
+        """Original (cached), then for each request the oracle and every method, evaluated together."""
+        tokenizer = Tokenizer()
+        recipe = PretrainConfig(geometry=self.geometry, seed=self.seed, **self.recipe)
+        original, pretrain_seconds = _cached_original(recipe, self.data_name, self.train_data, self.cache, tokenizer,
+                                                      self.progress and not self.parallel)
+        self.say(f"original ready ({pretrain_seconds:.0f} s of pretraining)")
+        cost = {"seconds": pretrain_seconds, "steps": recipe.steps}
+        return [record for splits in self.splits for record in self.request_records(original, cost, recipe, splits, tokenizer)]
+
+    def request_records(self, original, cost: dict, recipe: PretrainConfig, splits: UnlearningSplits,
+                        tokenizer: Tokenizer) -> list[dict]:
+        """The oracle and every method on one request, evaluated with the original."""
         from vlunlearn.methods import available_methods
 
-        tokenizer = Tokenizer()
         bars = self.progress and not self.parallel
-        recipe = PretrainConfig(geometry=self.geometry, seed=self.seed, **self.recipe)
-        original, pretrain_seconds = _cached_original(recipe, self.data_name, self.train_data, self.cache, tokenizer, bars)
-        self.say(f"original ready ({pretrain_seconds:.0f} s of pretraining)")
-        runs = [("original", _given(original), {"seconds": pretrain_seconds, "steps": recipe.steps})]
+        runs = [("original", _given(original), cost)]
         methods = [m for m in available_methods() if self.geometry == "lorentz" or m != "hac"]
+        forget = "+".join(splits.request.concepts)
         for method in ("retrain", *methods):
             steps = {} if self.method_steps is None or method == "retrain" else {"steps": self.method_steps}
             with peak_memory() as peak:
                 model, run = unlearn(
-                    original, self.splits, method, recipe=recipe, tokenizer=tokenizer, progress=bars, seed=self.seed,
+                    original, splits, method, recipe=recipe, tokenizer=tokenizer, progress=bars, seed=self.seed,
                     **steps,
                 )
             runs.append((method, _given(model), {"seconds": run.seconds, "steps": run.steps,
                                                  "peak_memory_bytes": peak.peak_bytes}))
-            self.say(f"{method} done in {run.seconds:.0f} s")
-        records = evaluate_group(runs, self.splits, self.train_data, self.test_data, tokenizer, seed=self.seed)
-        self.say(f"{len(records)} models evaluated")
+            self.say(f"{forget}: {method} done in {run.seconds:.0f} s")
+        records = evaluate_group(runs, splits, self.train_data, self.test_data, tokenizer, seed=self.seed)
+        self.say(f"{forget}: {len(records)} models evaluated")
         return add_ratio_to_retrain(records)
 
     def say(self, message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from vlunlearn.data import PairDataset, Tokenizer, UnlearningRequest, UnlearningSplits, load_builtin, make_splits
-from vlunlearn.evaluation.zero_shot import class_embeddings, class_prompts, encode_images, zero_shot_accuracy, zero_shot_predictions
+from vlunlearn.evaluation.zero_shot import class_embeddings, class_prompts, encode_inputs, zero_shot_accuracy, zero_shot_predictions
 from vlunlearn.methods import MethodContext, UnlearningObjective, get_method, make_config
 from vlunlearn.methods.retrain import ORACLE, retrain
 from vlunlearn.models import ContrastiveModel
@@ -187,7 +187,7 @@ def _early_stopper(rule: EarlyStop, validation: PairDataset, tokenizer: Tokenize
     def should_stop(steps_done: int) -> bool:
         if steps_done % rule.every:
             return False
-        predictions = zero_shot_predictions(model, encode_images(model, validation), class_embeddings(model, tokenizer, prompts))
+        predictions = zero_shot_predictions(model, encode_inputs(model, validation), class_embeddings(model, tokenizer, prompts))
         return zero_shot_accuracy(predictions, validation.labels)["micro"] <= rule.target
 
     return should_stop

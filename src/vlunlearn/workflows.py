@@ -358,7 +358,7 @@ def report_run(sources: list[Path], out: Path) -> dict:
     if not sources:
         raise VlunlearnError("nothing to report: give at least one run folder or results.json")
     records: list[dict] = []
-    hashes = []
+    hashes, modalities = [], set()
     for source in sources:
         path = Path(source) / "results.json" if Path(source).is_dir() else Path(source)
         try:
@@ -368,13 +368,14 @@ def report_run(sources: list[Path], out: Path) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise VlunlearnError(f"{path} is not a results.json file: {error}") from None
         hashes.append((document.get("data") or {}).get("train_hash"))
+        modalities.add((document.get("data") or {}).get("modality", "image"))
         records += _records_of(document, path)
     if len(set(hashes)) > 1:
         raise VlunlearnError("these runs used different training data (their data hashes differ); report them separately")
     results = {
         "kind": "report",
         "config": {"sources": [str(s) for s in sources]},
-        "data": {"train_hash": hashes[0]},
+        "data": {"train_hash": hashes[0], "modality": modalities.pop()},  # one data hash: one modality
         "environment": environment(),
         "records": merge_seeds(records),
     }

@@ -1,8 +1,9 @@
 """Built-in datasets that work offline: scenes of Fashion-MNIST items, a vendored Fashion-MNIST
-subset and scikit-learn's digits.
+subset, scikit-learn's digits and real molecules.
 
-All have 10 classes, 28x28 grey images and a three-level concept hierarchy
-(generic -> family -> class), so every item has three captions.
+The image sets have 10 classes, 28x28 grey images and a three-level concept hierarchy
+(generic -> family -> class), so every item has three captions. ``molecules`` pairs the graphs
+of NCI molecules with captions and functional-group concepts (see :mod:`vlunlearn.data.molecules`).
 
 - ``fashion-scenes`` (the demo's default): 3,000 training and 2,000 test scenes of one to
   three Fashion-MNIST items with pair-specific captions (see :mod:`vlunlearn.data.scenes`).
@@ -30,10 +31,11 @@ import torch
 
 from vlunlearn.data.datasets import PairDataset
 from vlunlearn.data.hierarchy import DIGITS, FASHION_MNIST, ConceptHierarchy
+from vlunlearn.data.molecules import load_molecules, molecules_hierarchy
 from vlunlearn.data.scenes import FASHION_SCENES, TEST_SCENES, TRAIN_SCENES, compose_scenes
 from vlunlearn.errors import DataError
 
-BUILTIN_DATASETS = ("fashion-scenes", "fashion-mnist", "digits")
+BUILTIN_DATASETS = ("fashion-scenes", "fashion-mnist", "digits", "molecules")
 SPLITS = ("train", "test")
 HIERARCHIES: dict[str, ConceptHierarchy] = {
     "fashion-scenes": FASHION_SCENES, "fashion-mnist": FASHION_MNIST, "digits": DIGITS,
@@ -49,7 +51,7 @@ IMAGE_SIZE = 28
 def builtin_hierarchy(name: str) -> ConceptHierarchy:
     """The concept hierarchy of a built-in dataset."""
     _check_name(name)
-    return HIERARCHIES[name]
+    return molecules_hierarchy() if name == "molecules" else HIERARCHIES[name]
 
 
 def _check_name(name: str) -> None:
@@ -120,15 +122,17 @@ def load_builtin(name: str, split: str) -> PairDataset:
         split: ``"train"`` or ``"test"``.
 
     Returns:
-        A ``PairDataset`` with uint8 ``(N, 1, 28, 28)`` images, three captions per item
-        (generic, family, class) and ids ``"<name>/<split>/<index>"``. Its content (and so its
-        hash) is always the same.
+        A ``PairDataset`` with uint8 ``(N, 1, 28, 28)`` images (``molecules``: a
+        :class:`~vlunlearn.data.graphs.GraphSet`), three captions per item (generic, family,
+        class) and ids ``"<name>/<split>/<index>"``. Its content (and so its hash) is always the same.
     """
     _check_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} of {name!r}; valid splits: {', '.join(SPLITS)}")
     if name == "fashion-scenes":
         return _load_scenes(split)
+    if name == "molecules":
+        return load_molecules(split)
     hierarchy = HIERARCHIES[name]
     arrays = _arrays(name)
     images = torch.from_numpy(arrays[f"{split}_images"].copy()).unsqueeze(1)
@@ -138,7 +142,7 @@ def load_builtin(name: str, split: str) -> PairDataset:
     concepts_of = {c: frozenset(hierarchy.ancestors(c)) for c in hierarchy.classes}
     return PairDataset(
         name=f"{name}/{split}",
-        images=images,
+        inputs=images,
         captions=[hierarchy.captions_for(c, rng) for c in classes],
         concepts=[concepts_of[c] for c in classes],
         labels=labels,
@@ -156,7 +160,7 @@ def _load_scenes(split: str) -> PairDataset:
     hierarchy = FASHION_SCENES
     return PairDataset(
         name=f"fashion-scenes/{split}",
-        images=torch.from_numpy(scenes["images"].copy()).unsqueeze(1),
+        inputs=torch.from_numpy(scenes["images"].copy()).unsqueeze(1),
         captions=scenes["captions"],
         concepts=[frozenset(a for k in shown for a in hierarchy.ancestors(hierarchy.classes[k])) for shown in scenes["classes"]],
         labels=torch.from_numpy(scenes["labels"].copy()),

@@ -1,4 +1,4 @@
-"""The in-memory image-text dataset that every part of vlunlearn consumes."""
+"""The in-memory dataset of pairs (an image or a graph, and its captions) that every part of vlunlearn consumes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Sequence
 
 import torch
 
+from vlunlearn.data.graphs import GraphSet
 from vlunlearn.data.hierarchy import ConceptHierarchy
 from vlunlearn.errors import DataError
 from vlunlearn.data.streaming import ImageFiles
+
+Inputs = torch.Tensor | ImageFiles | GraphSet
 
 
 def as_index(indices: Sequence[int] | torch.Tensor, size: int) -> torch.Tensor:
@@ -33,15 +36,17 @@ def as_index(indices: Sequence[int] | torch.Tensor, size: int) -> torch.Tensor:
 
 @dataclass
 class PairDataset:
-    """Image-text pairs.
+    """Pairs of an input (an image or a graph) and its captions.
 
     Attributes:
         name: a short name used in messages and reports.
-        images: uint8 ``(N, C, H, W)`` with ``C`` in {1, 3}: a tensor in memory, or an
+        inputs: what the non-text tower encodes, one per item. Images: uint8 ``(N, C, H, W)``
+            with ``C`` in {1, 3}, a tensor in memory or an
             :class:`~vlunlearn.data.streaming.ImageFiles` that decodes from disk on demand.
+            Graphs (molecules): a :class:`~vlunlearn.data.graphs.GraphSet`.
         captions: per item, its captions ordered generic -> specific; the last one is the
             canonical caption.
-        concepts: per item, every concept the image shows, ancestors included.
+        concepts: per item, every concept the input shows, ancestors included.
         labels: int64 ``(N,)``, index into ``class_names``, -1 for an item without a class.
         ids: unique, stable item ids such as ``"fashion-mnist/train/00042"``.
         class_names: the classes that ``labels`` index.
@@ -49,7 +54,7 @@ class PairDataset:
     """
 
     name: str
-    images: torch.Tensor | ImageFiles
+    inputs: Inputs
     captions: list[tuple[str, ...]]
     concepts: list[frozenset[str]]
     labels: torch.Tensor
@@ -64,11 +69,13 @@ class PairDataset:
         self.class_names = tuple(self.class_names)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
         where = f"dataset {self.name!r}"
-        if not isinstance(self.images, (torch.Tensor, ImageFiles)) or self.images.dtype != torch.uint8:
-            raise DataError(f"{where}: images must be a uint8 tensor or ImageFiles")
-        if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
-            raise DataError(f"{where}: images must have shape (N, C, H, W) with C in {{1, 3}}, not {tuple(self.images.shape)}")
-        n = self.images.shape[0]
+        if not isinstance(self.inputs, GraphSet):
+            if not isinstance(self.inputs, (torch.Tensor, ImageFiles)) or self.inputs.dtype != torch.uint8:
+                raise DataError(f"{where}: inputs must be images (a uint8 tensor or ImageFiles) or a GraphSet")
+            if self.inputs.ndim != 4 or self.inputs.shape[1] not in (1, 3):
+                raise DataError(f"{where}: images must have shape (N, C, H, W) with C in {{1, 3}}, "
+                                f"not {tuple(self.inputs.shape)}")
+        n = self.inputs.shape[0]
         lengths = {
             "captions": len(self.captions),
             "concepts": len(self.concepts),
@@ -77,7 +84,7 @@ class PairDataset:
         }
         wrong = {key: value for key, value in lengths.items() if value != n}
         if wrong or self.labels.ndim != 1:
-            raise DataError(f"{where}: {n} images but " + ", ".join(f"{v} {k}" for k, v in lengths.items()))
+            raise DataError(f"{where}: {n} {self.modality}s but " + ", ".join(f"{v} {k}" for k, v in lengths.items()))
         if any(not captions or not all(isinstance(c, str) for c in captions) for captions in self.captions):
             raise DataError(f"{where}: every item needs at least one caption, and captions must be strings")
         if len(set(self.ids)) != n:
@@ -91,11 +98,16 @@ class PairDataset:
             raise DataError(f"{where}: labels must lie in [-1, {len(self.class_names)})")
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.inputs.shape[0]
+
+    @property
+    def modality(self) -> str:
+        """``image`` or ``graph``: what the non-text side of the pairs is."""
+        return "graph" if isinstance(self.inputs, GraphSet) else "image"
 
     def __repr__(self) -> str:
-        shape = "x".join(str(s) for s in self.images.shape[1:])
-        return f"PairDataset({self.name!r}, {len(self)} items, images {shape}, {len(self.class_names)} classes)"
+        shape = "graphs" if self.modality == "graph" else "images " + "x".join(str(s) for s in self.inputs.shape[1:])
+        return f"PairDataset({self.name!r}, {len(self)} items, {shape}, {len(self.class_names)} classes)"
 
     def subset(self, indices: Sequence[int] | torch.Tensor, name: str | None = None) -> "PairDataset":
         """The items at ``indices`` (or where a boolean mask is true), in that order."""
@@ -103,7 +115,7 @@ class PairDataset:
         rows = index.tolist()
         return PairDataset(
             name=self.name if name is None else name,
-            images=self.images[index],
+            inputs=self.inputs[index],
             captions=[self.captions[i] for i in rows],
             concepts=[self.concepts[i] for i in rows],
             labels=self.labels[index],
@@ -112,12 +124,15 @@ class PairDataset:
             hierarchy=self.hierarchy,
         )
 
-    def image_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """float32 ``(B, C, H, W)`` images scaled to [0, 1] (decoded now when streamed)."""
-        images = self.images[as_index(indices, len(self))]
-        if isinstance(images, ImageFiles):
-            images = images.decode()
-        return images.to(torch.float32).div_(255.0)
+    def input_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor | GraphSet:
+        """The inputs at ``indices`` as a tower takes them: float32 ``(B, C, H, W)`` images scaled
+        to [0, 1] (decoded now when streamed), or a :class:`GraphSet` of ``B`` graphs."""
+        inputs = self.inputs[as_index(indices, len(self))]
+        if isinstance(inputs, GraphSet):
+            return inputs
+        if isinstance(inputs, ImageFiles):
+            inputs = inputs.decode()
+        return inputs.to(torch.float32).div_(255.0)
 
     def canonical_captions(self, indices: Sequence[int] | torch.Tensor | None = None) -> list[str]:
         """The canonical (most specific, last) caption of each item, or of the items at ``indices``."""
@@ -125,18 +140,22 @@ class PairDataset:
         return [self.captions[i][-1] for i in rows]
 
     def content_hash(self) -> str:
-        """SHA-256 (hex) over the images, captions, ids, labels, concepts and class names.
+        """SHA-256 (hex) over the inputs, captions, ids, labels, concepts and class names.
 
         It depends only on the content, so it is the same across runs and machines. For
         streamed images it covers the files' names, sizes and modification times instead of
         the pixels (see :meth:`ImageFiles.fingerprint`).
         """
         digest = hashlib.sha256()
-        digest.update(json.dumps({"shape": list(self.images.shape), "dtype": str(self.images.dtype)}).encode())
-        if isinstance(self.images, ImageFiles):
-            digest.update(self.images.fingerprint())
+        if isinstance(self.inputs, GraphSet):
+            digest.update(b"graphs")
+            digest.update(self.inputs.fingerprint())
         else:
-            digest.update(self.images.contiguous().numpy().tobytes())
+            digest.update(json.dumps({"shape": list(self.inputs.shape), "dtype": str(self.inputs.dtype)}).encode())
+            if isinstance(self.inputs, ImageFiles):
+                digest.update(self.inputs.fingerprint())
+            else:
+                digest.update(self.inputs.contiguous().numpy().tobytes())
         text = {
             "captions": [list(c) for c in self.captions],
             "ids": self.ids,

@@ -111,7 +111,7 @@ def load_image_text_folder(
                      stream, workers)
     return PairDataset(
         name=name or path.stem,
-        images=images,
+        inputs=images,
         captions=tree.captions([record["caption"] for _, record in rows], level_captions),
         concepts=tree.concepts,
         labels=tree.labels,
@@ -253,7 +253,7 @@ def load_class_folder(
     images = _images([(path, str(root)) for _, path in files], int(image_size), channels, stream, workers)
     return PairDataset(
         name=name or root.name,
-        images=images,
+        inputs=images,
         captions=[(f"a photo of a {classes[label]}.",) for label, _ in files],
         concepts=[frozenset({classes[label]}) for label, _ in files],
         labels=torch.tensor([label for label, _ in files], dtype=torch.int64),
@@ -327,7 +327,7 @@ def load_tar_shards(
     tree = concept_labels(concepts, where, name, hierarchy, ", ".join(map(str, shards)))
     return PairDataset(
         name=name,
-        images=ImageFiles(sources, image_size, channels, workers),
+        inputs=ImageFiles(sources, image_size, channels, workers),
         captions=tree.captions(captions, level_captions),
         concepts=tree.concepts,
         labels=tree.labels,

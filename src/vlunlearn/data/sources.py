@@ -14,6 +14,7 @@ from vlunlearn.data.builtin import BUILTIN_DATASETS, load_builtin
 from vlunlearn.data.concept_tree import check_test_concepts, describe
 from vlunlearn.data.datasets import PairDataset
 from vlunlearn.data.folder import load_image_text_folder, load_tar_shards
+from vlunlearn.data.molecules import read_molecules
 from vlunlearn.errors import DataError
 
 
@@ -67,9 +68,19 @@ def load_data(
         check_test_concepts(train, test)
         if train.hierarchy is None:
             test = replace(_relabel(test, train.class_names), hierarchy=None)
+    if model_config is not None and getattr(model_config, "modality", "image") != train.modality:
+        raise DataError(f"{data!r} holds {train.modality}s but the model {model_config.name!r} encodes "
+                        f"{model_config.modality}s; use a {train.modality} model (e.g. --model {default_model(data)})")
     if classes is not None:
         train, test = restrict_classes(train, classes), _relabel(test, tuple(classes))
     return train, test
+
+
+def default_model(data: str) -> str:
+    """The named model a run on ``data`` starts from when none is given: ``tiny-graph`` for
+    molecules (the built-in set, or a user's ``.npz`` of :func:`~vlunlearn.data.molecules.read_molecules`),
+    else ``tiny``."""
+    return "tiny-graph" if data == "molecules" or str(data).lower().endswith(".npz") else "tiny"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ class DataSource:
         """What a results file records of the data: how it was named and read, the training
         data's size and content hash and, for a user's data, its classes and hierarchy in words
         (:func:`~vlunlearn.data.concept_tree.describe`)."""
-        record = {"name": self.name, "train_size": len(train), "train_hash": train.content_hash(),
+        record = {"name": self.name, "modality": train.modality, "train_size": len(train), "train_hash": train.content_hash(),
                   "test_data": self.test_data, "hierarchy": self.hierarchy, "level_captions": self.level_captions,
                   "classes": None if self.classes is None else list(self.classes)}
         return record if self.name in BUILTIN_DATASETS else {**record, "description": describe(train)}
@@ -104,6 +115,15 @@ def _user_data(path: Path, size: int, channels: int, workers: int, **options) ->
         if not shards:
             raise DataError(f"{path} is a folder without .tar shards")
         return load_tar_shards(shards, size, channels, workers, name=path.name, **options)
+    if path.suffix.lower() == ".npz":  # molecules written by `vlunlearn molecules`
+        tree = options.get("hierarchy")  # a file the user names, or the training split's tree (for its test split)
+        if isinstance(tree, (str, Path)) or options.get("level_captions"):
+            raise DataError(f"{path} holds molecules with their functional-group hierarchy; "
+                            "--hierarchy and --level-captions are for image data")
+        molecules = read_molecules(path)
+        if tree is not None and molecules.hierarchy != tree:
+            raise DataError(f"{path} was written with another functional-group hierarchy than the training molecules")
+        return molecules
     if path.suffix.lower() == ".tar":
         return load_tar_shards([path], size, channels, workers, **options)
     return load_image_text_folder(path.parent, path, size, channels=channels, stream=True, workers=workers, **options)

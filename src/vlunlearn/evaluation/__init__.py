@@ -1,4 +1,4 @@
-"""Stateless metrics over any model with ``encode_image``, ``encode_text`` and ``geometry``."""
+"""Stateless metrics over any model with ``encode_input``, ``encode_text`` and ``geometry``."""
 
 from vlunlearn.evaluation.alignment import (
     alignment_audit,
@@ -12,7 +12,7 @@ from vlunlearn.evaluation.hierarchy import (
     distance_to_origin_by_concept,
     distance_to_origin_by_level,
     entailment_rate,
-    image_traversal,
+    input_traversal,
 )
 from vlunlearn.evaluation.forget_quality import distinguishability, forget_quality, forget_quality_metrics, pair_scores
 from vlunlearn.evaluation.landing import hierarchy_prompts, landing_metrics, traversal_examples, tree_metrics, tree_relation
@@ -31,7 +31,7 @@ from vlunlearn.evaluation.zero_shot import (
     class_prompts,
     concept_detection,
     detection_metrics,
-    encode_images,
+    encode_inputs,
     encode_texts,
     evaluate_splits,
     evaluate_zero_shot,
@@ -59,7 +59,7 @@ __all__ = [
     "distance_to_origin_by_concept",
     "distance_to_origin_by_level",
     "distinguishability",
-    "encode_images",
+    "encode_inputs",
     "encode_texts",
     "entailment_rate",
     "evaluate_splits",
@@ -68,7 +68,7 @@ __all__ = [
     "forget_quality",
     "forget_quality_metrics",
     "hierarchy_prompts",
-    "image_traversal",
+    "input_traversal",
     "landing_metrics",
     "membership_features",
     "membership_inference",

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.retrieval import caption_positives
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import encode_inputs, encode_texts
 
 
 def alignment_selection(num_items: int, max_pairs: int = 64, seed: int = 0) -> Tensor:
@@ -61,7 +61,7 @@ def alignment_selection(num_items: int, max_pairs: int = 64, seed: int = 0) -> T
 def _matrix_of(model, subsets: Sequence[PairDataset], captions: Sequence[str], tokenizer: Tokenizer) -> Tensor:
     if not captions:
         return torch.zeros(0, 0)
-    images = torch.cat([encode_images(model, subset) for subset in subsets if len(subset)])
+    images = torch.cat([encode_inputs(model, subset) for subset in subsets if len(subset)])
     texts = encode_texts(model, tokenizer, list(captions))
     return model.geometry.pairwise_similarity(images, texts, model.curvature())
 

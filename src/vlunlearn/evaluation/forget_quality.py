@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer, UnlearningSplits
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import encode_inputs, encode_texts
 
 Scores = Tensor | np.ndarray | Sequence[float]
 
@@ -36,9 +36,9 @@ def pair_scores(model, data: PairDataset, tokenizer: Tokenizer, batch_size: int 
     distinct = list(dict.fromkeys(captions))
     row = {caption: k for k, caption in enumerate(distinct)}
     text_emb = encode_texts(model, tokenizer, distinct, batch_size)
-    image_emb = encode_images(model, data, batch_size)
+    input_emb = encode_inputs(model, data, batch_size)
     index = torch.tensor([row[caption] for caption in captions], device=text_emb.device)
-    scores = model.geometry.paired_similarity(image_emb, text_emb[index], model.curvature())
+    scores = model.geometry.paired_similarity(input_emb, text_emb[index], model.curvature())
     return scores.detach().to("cpu", torch.float64)
 
 

@@ -4,8 +4,8 @@
   from the origin captions of each level, and images of each class, sit. A model that
   learned the hierarchy puts generic text near the origin and specific items further out.
 - :func:`entailment_rate`: how often an image lies inside the entailment cone of its caption.
-- :func:`image_traversal`: MERU's qualitative check (``reference/meru.md`` §4.4), the labels
-  met on the geodesic from an image embedding to the origin.
+- :func:`input_traversal`: MERU's image traversal (``reference/meru.md`` §4.4), the labels
+  met on the geodesic from an input's embedding (an image's or a graph's) to the origin.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
-from vlunlearn.evaluation.zero_shot import class_embeddings, encode_images, encode_texts
+from vlunlearn.data.graphs import GraphSet
+from vlunlearn.evaluation.zero_shot import class_embeddings, encode_inputs, encode_texts
 from vlunlearn.geometry import lorentz
 
 ROOT = "[ROOT]"
@@ -50,7 +51,7 @@ def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) 
     for level, name in enumerate(names):
         texts = sorted({captions[level] for captions in rows})
         result[name] = lorentz.dist_to_origin(encode_texts(model, tokenizer, texts), c).mean().item()
-    result["images"] = lorentz.dist_to_origin(encode_images(model, data), c).mean().item()
+    result["images"] = lorentz.dist_to_origin(encode_inputs(model, data), c).mean().item()
     return result
 
 
@@ -72,7 +73,7 @@ def distance_to_origin_by_concept(
         raise ValueError(f"group_by must be 'labels' or 'concepts', not {group_by!r}")
     if len(data) == 0:
         return {}
-    d0 = lorentz.dist_to_origin(encode_images(model, data), model.curvature()).cpu()  # (N,)
+    d0 = lorentz.dist_to_origin(encode_inputs(model, data), model.curvature()).cpu()  # (N,)
     if group_by == "labels":
         members = {name: data.labels == k for k, name in enumerate(data.class_names)}
     else:
@@ -92,7 +93,7 @@ def entailment_rate(model, data: PairDataset, tokenizer: Tokenizer) -> float:
     if len(data) == 0:
         return math.nan
     c = model.curvature()
-    images = encode_images(model, data)
+    images = encode_inputs(model, data)
     captions = data.canonical_captions()
     distinct = sorted(set(captions))
     position = {text: i for i, text in enumerate(distinct)}
@@ -116,18 +117,18 @@ def _prompt_lists(prompts: Mapping[str, Sequence[str] | str]) -> tuple[list[str]
 
 
 @torch.no_grad()
-def image_traversal(
+def input_traversal(
     model,
-    image: Tensor,
+    item: Tensor | GraphSet,
     prompts: Mapping[str, Sequence[str] | str],
     tokenizer: Tokenizer,
     steps: int = 50,
 ) -> list[str]:
-    """MERU's image traversal: the concepts met walking from an image embedding to the origin.
+    """MERU's image traversal: the concepts met walking from an input's embedding to the origin.
 
     Args:
-        image: one image ``(C, H, W)`` (or ``(1, C, H, W)``), floating point in [0, 1]
-            (uint8 is scaled by 1/255).
+        item: one image ``(C, H, W)`` (or ``(1, C, H, W)``), floating point in [0, 1]
+            (uint8 is scaled by 1/255), or a :class:`GraphSet` of one graph.
         prompts: concept name -> its prompt(s); e.g. ``hierarchy.level_prompts(level)``
             for the levels of interest merged into one dict. A concept's embedding is the
             geometry mean of its prompt embeddings (tangent mean at the origin, mapped back).
@@ -146,15 +147,19 @@ def image_traversal(
     if steps < 2:
         raise ValueError(f"steps must be at least 2, not {steps}")
     names, lists = _prompt_lists(prompts)
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"expected one image of shape (C, H, W), got {tuple(image.shape)}")
-    if not image.dtype.is_floating_point:
-        image = image.to(torch.float32) / 255.0
+    if isinstance(item, GraphSet):
+        if len(item) != 1:
+            raise ValueError(f"expected one graph, got {len(item)}")
+    else:
+        if item.ndim == 3:
+            item = item.unsqueeze(0)
+        if item.ndim != 4 or item.shape[0] != 1:
+            raise ValueError(f"expected one image of shape (C, H, W), got {tuple(item.shape)}")
+        if not item.dtype.is_floating_point:
+            item = item.to(torch.float32) / 255.0
     model.eval()
     c = model.curvature()
-    v = model.encode_image(image)[0]
+    v = model.encode_input(item)[0]
     weights = torch.linspace(1.0, 0.0, steps, dtype=v.dtype, device=v.device)
     points = lorentz.exp_map0(weights[:, None] * lorentz.log_map0(v, c)[None, :], c)  # (S, D)
 

@@ -32,8 +32,8 @@ import torch
 
 from vlunlearn.data import ConceptHierarchy, PairDataset, Tokenizer
 from vlunlearn.errors import ConfigError, DataError
-from vlunlearn.evaluation.hierarchy import _require_hyperbolic, image_traversal
-from vlunlearn.evaluation.zero_shot import class_embeddings, encode_images, zero_shot_predictions
+from vlunlearn.evaluation.hierarchy import _require_hyperbolic, input_traversal
+from vlunlearn.evaluation.zero_shot import class_embeddings, encode_inputs, zero_shot_predictions
 
 RELATIONS = ("same", "sibling", "parent", "child", "other")
 TREE_METRICS = ("tie", "lca", "jaccard", "hp", "hr")
@@ -132,7 +132,7 @@ def nearest_concepts(
         return []
     prompts = hierarchy_prompts(hierarchy)
     concepts = class_embeddings(model, tokenizer, [prompts[name] for name in names])  # (K, D)
-    images = encode_images(model, data)  # (N, D)
+    images = encode_inputs(model, data)  # (N, D)
     nearest = zero_shot_predictions(model, images, concepts.to(device=images.device, dtype=images.dtype))  # (N,)
     return [names[k] for k in nearest.tolist()]
 
@@ -174,7 +174,7 @@ def landing_metrics(
 
 
 def traversal_examples(model, data: PairDataset, tokenizer: Tokenizer, count: int = 3, steps: int = 50) -> list[dict]:
-    """MERU's traversal (:func:`image_traversal`) of the first ``count`` images of ``data``.
+    """MERU's traversal (:func:`input_traversal`) of the first ``count`` images of ``data``.
 
     The concepts are :func:`hierarchy_prompts` of ``data.hierarchy``. Returns one
     ``{"id": item id, "path": [concept names, image end first, ending with "[ROOT]"]}``
@@ -183,6 +183,6 @@ def traversal_examples(model, data: PairDataset, tokenizer: Tokenizer, count: in
     _require_hyperbolic(model)
     prompts = hierarchy_prompts(_require_hierarchy(data))
     return [
-        {"id": data.ids[i], "path": image_traversal(model, data.image_batch([i])[0], prompts, tokenizer, steps)}
+        {"id": data.ids[i], "path": input_traversal(model, data.input_batch([i]), prompts, tokenizer, steps)}
         for i in range(min(count, len(data)))
     ]

@@ -1,7 +1,7 @@
 """Memoized embeddings of a frozen model, so that the metrics of one evaluation encode each
-distinct image and caption once instead of once per metric.
+distinct input (image or graph) and caption once instead of once per metric.
 
-:class:`MemoEncoder` wraps any object with ``encode_image`` and ``encode_text`` (a
+:class:`MemoEncoder` wraps any object with ``encode_input`` and ``encode_text`` (a
 :class:`~vlunlearn.models.ContrastiveModel`, an open_clip adapter, a test fake) and caches one
 embedding per distinct input row:
 
@@ -31,7 +31,9 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import Tensor
 
-__all__ = ["MemoEncoder", "image_keys", "token_keys"]
+from vlunlearn.data.graphs import GraphSet
+
+__all__ = ["MemoEncoder", "input_keys", "token_keys"]
 
 
 def token_keys(tokens: Tensor) -> list[tuple[int, ...]]:
@@ -45,8 +47,12 @@ def token_keys(tokens: Tensor) -> list[tuple[int, ...]]:
     return keys
 
 
-def image_keys(images: Tensor) -> list[tuple[str, tuple[int, ...], bytes]]:
-    """One key per image of ``(B, C, H, W)``: ``(dtype, (C, H, W), 16-byte BLAKE2b of its bytes)``."""
+def input_keys(inputs: Tensor | GraphSet) -> list[tuple]:
+    """One key per input: for images ``(B, C, H, W)``, ``(dtype, (C, H, W), 16-byte BLAKE2b of
+    its bytes)``; for graphs, ``("graph", digest of its nodes, edges and features)``."""
+    if isinstance(inputs, GraphSet):
+        return [("graph", key) for key in inputs.graph_keys()]
+    images = inputs
     flat = images.detach().cpu().contiguous().reshape(images.shape[0], -1)
     raw = flat.view(torch.uint8).numpy()  # (B, bytes per image), any dtype (bfloat16 included)
     shape, dtype = tuple(images.shape[1:]), str(images.dtype)
@@ -54,7 +60,7 @@ def image_keys(images: Tensor) -> list[tuple[str, tuple[int, ...], bytes]]:
 
 
 class MemoEncoder:
-    """A frozen ``model`` whose ``encode_image`` / ``encode_text`` are memoized per row.
+    """A frozen ``model`` whose ``encode_input`` / ``encode_text`` are memoized per row.
 
     Attributes:
         model: the wrapped model (must stay in eval mode with unchanged weights).
@@ -66,7 +72,7 @@ class MemoEncoder:
         self.model = model
         self.hits = 0
         self.misses = 0
-        self._images: dict[Hashable, Tensor] = {}
+        self._inputs: dict[Hashable, Tensor] = {}
         self._texts: dict[Hashable, Tensor] = {}
         self._check_frozen()
 
@@ -77,7 +83,7 @@ class MemoEncoder:
         return getattr(model, name)
 
     def __repr__(self) -> str:
-        return f"MemoEncoder({self.model!r}, cached={len(self._images)} images/{len(self._texts)} texts)"
+        return f"MemoEncoder({self.model!r}, cached={len(self._inputs)} inputs/{len(self._texts)} texts)"
 
     def _check_frozen(self) -> None:
         if getattr(self.model, "training", False):
@@ -92,16 +98,16 @@ class MemoEncoder:
         return self
 
     @torch.no_grad()
-    def encode_image(self, images: Tensor) -> Tensor:
-        """Memoized ``model.encode_image``. ``(B, C, H, W) -> (B, D)``."""
-        return self._encode(images, image_keys(images), self._images, self.model.encode_image)
+    def encode_input(self, inputs: Tensor | GraphSet) -> Tensor:
+        """Memoized ``model.encode_input``. ``(B, C, H, W)`` images or ``B`` graphs ``-> (B, D)``."""
+        return self._encode(inputs, input_keys(inputs), self._inputs, self.model.encode_input)
 
     @torch.no_grad()
     def encode_text(self, tokens: Tensor) -> Tensor:
         """Memoized ``model.encode_text``. ``(B, L)`` token ids, right-padded with 0 ``-> (B, D)``."""
         return self._encode(tokens, token_keys(tokens), self._texts, self.model.encode_text)
 
-    def _encode(self, batch: Tensor, keys: list, cache: dict[Hashable, Tensor],
+    def _encode(self, batch: Tensor | GraphSet, keys: list, cache: dict[Hashable, Tensor],
                 encode: Callable[[Tensor], Tensor]) -> Tensor:
         """Rows of ``batch`` from ``cache``, encoding the distinct missing ones in one batch. ``(B, ...) -> (B, D)``."""
         self._check_frozen()

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
 from vlunlearn.evaluation.retrieval import best_positive_rank
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import encode_inputs, encode_texts
 from vlunlearn.training.losses import contrastive_logits
 
 __all__ = [
@@ -83,10 +83,10 @@ def membership_features(
         raise ValueError(f"{len(missing)} caption(s) are not in the gallery, e.g. {missing[0]!r}")
     if len(data) == 0:
         return torch.zeros(0, len(FEATURE_NAMES), dtype=torch.float64)
-    image_emb = encode_images(model, data, batch_size)
+    input_emb = encode_inputs(model, data, batch_size)
     gallery_emb = encode_texts(model, tokenizer, gallery, batch_size)
     targets = torch.tensor([position[caption] for caption in captions])
-    logits = contrastive_logits(model, image_emb, gallery_emb)
+    logits = contrastive_logits(model, input_emb, gallery_emb)
     similarity = logits.gather(1, targets[:, None]).squeeze(1) / model.logit_scale.exp()
     loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     ranks = best_positive_rank(logits, targets[:, None] == torch.arange(len(gallery))[None, :])

@@ -29,7 +29,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer, UnlearningSplits
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import encode_inputs, encode_texts
 from vlunlearn.geometry import lorentz
 
 __all__ = ["probe_metrics", "probe_distances", "knn_accuracy"]
@@ -87,7 +87,7 @@ def probe_metrics(
     if len(fit) == 0 or len(score) == 0:
         return {"probe_image_retain": math.nan, "probe_text_retain": math.nan}
     towers = {
-        "probe_image_retain": lambda data: encode_images(model, data),
+        "probe_image_retain": lambda data: encode_inputs(model, data),
         "probe_text_retain": lambda data: _caption_embeddings(model, tokenizer, data),
     }
     return {name: knn_accuracy(model, encode(fit), fit.labels, encode(score), score.labels, k)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
-from vlunlearn.evaluation.zero_shot import encode_images, encode_texts
+from vlunlearn.evaluation.zero_shot import encode_inputs, encode_texts
 
 __all__ = [
     "best_positive_rank", "caption_ids", "caption_positives", "gallery_positions", "recall_at_k", "recall_from_ranks",
@@ -150,14 +150,14 @@ def retrieval_metrics(model, data: PairDataset, tokenizer: Tokenizer, ks: Sequen
     captions = gallery.canonical_captions()
     image_caption = caption_ids(captions)  # (Ng,) index into the distinct captions, in order of first use
     distinct = list(dict.fromkeys(captions))
-    image_emb = encode_images(model, gallery, batch_size)  # (Ng, D)
+    input_emb = encode_inputs(model, gallery, batch_size)  # (Ng, D)
     text_emb = encode_texts(model, tokenizer, distinct, batch_size)  # (Nt, D)
     c = model.curvature()
     similarity = model.geometry.pairwise_similarity
     query_captions = image_caption[positions].unique()  # (Nt_q,) distinct captions of data
-    i2t = _chunked_ranks(lambda rows: similarity(image_emb[positions[rows]], text_emb, c),
+    i2t = _chunked_ranks(lambda rows: similarity(input_emb[positions[rows]], text_emb, c),
                          image_caption[positions], torch.arange(len(distinct)))
-    t2i = _chunked_ranks(lambda rows: similarity(image_emb, text_emb[query_captions[rows]], c).T,
+    t2i = _chunked_ranks(lambda rows: similarity(input_emb, text_emb[query_captions[rows]], c).T,
                          query_captions, image_caption)
     result = {f"i2t_{key}": value for key, value in recall_from_ranks(i2t, len(distinct), ks).items()}
     result.update({f"t2i_{key}": value for key, value in recall_from_ranks(t2i, len(gallery), ks).items()})

@@ -30,7 +30,7 @@ from vlunlearn.evaluation.landing import RELATIONS, TREE_METRICS, landing_metric
 from vlunlearn.evaluation.memo import MemoEncoder
 from vlunlearn.evaluation.mia import mia_metrics
 from vlunlearn.evaluation.retrieval import retrieval_metrics
-from vlunlearn.evaluation.zero_shot import candidate_labels, detection_metrics, encode_images, evaluate_splits
+from vlunlearn.evaluation.zero_shot import candidate_labels, detection_metrics, encode_inputs, evaluate_splits
 from vlunlearn.geometry import lorentz
 
 TRAVERSALS = 3  # forget images whose traversal to the origin is recorded
@@ -161,7 +161,7 @@ def _hyperbolic(model, splits: UnlearningSplits, test: PairDataset, retain_sampl
     metrics.update({"d0_test_images" if level == "images" else f"d0_text_{level}": d0 for level, d0 in by_level.items()})
     by_concept = distance_to_origin_by_concept(model, test, tokenizer, group_by="concepts")
     metrics.update({f"d0_concept_{name}": value for name, value in by_concept.items()})
-    d0 = lorentz.dist_to_origin(encode_images(model, splits.forget), model.curvature())
+    d0 = lorentz.dist_to_origin(encode_inputs(model, splits.forget), model.curvature())
     metrics["forget_image_d0"] = d0.mean().item()
     artifacts = {"image_d0": d0.tolist()}
     if splits.forget.hierarchy is not None:

@@ -27,11 +27,11 @@ from vlunlearn.errors import ConfigError
 
 
 @torch.no_grad()
-def encode_images(model, data: PairDataset, batch_size: int = 500) -> Tensor:
-    """Embeddings of every image of ``data``. Returns ``(N, D)``."""
+def encode_inputs(model, data: PairDataset, batch_size: int = 500) -> Tensor:
+    """Embeddings of every input (image or graph) of ``data``. Returns ``(N, D)``."""
     model.eval()
     chunks = [
-        model.encode_image(data.image_batch(torch.arange(start, min(start + batch_size, len(data)))))
+        model.encode_input(data.input_batch(torch.arange(start, min(start + batch_size, len(data)))))
         for start in range(0, len(data), batch_size)
     ]
     return torch.cat(chunks)
@@ -63,15 +63,15 @@ def class_embeddings(model, tokenizer: Tokenizer, prompts: Sequence[Sequence[str
 
 
 @torch.no_grad()
-def zero_shot_scores(model, image_emb: Tensor, class_emb: Tensor) -> Tensor:
+def zero_shot_scores(model, input_emb: Tensor, class_emb: Tensor) -> Tensor:
     """Similarity of every image to every class (larger is closer). ``(N, D), (K, D) -> (N, K)``."""
-    return model.geometry.pairwise_similarity(image_emb, class_emb, model.curvature())
+    return model.geometry.pairwise_similarity(input_emb, class_emb, model.curvature())
 
 
 @torch.no_grad()
-def zero_shot_predictions(model, image_emb: Tensor, class_emb: Tensor) -> Tensor:
+def zero_shot_predictions(model, input_emb: Tensor, class_emb: Tensor) -> Tensor:
     """Index of the most similar class for each image. ``(N, D), (K, D) -> (N,)``."""
-    return zero_shot_scores(model, image_emb, class_emb).argmax(dim=1)
+    return zero_shot_scores(model, input_emb, class_emb).argmax(dim=1)
 
 
 def _micro_macro(correct: Tensor, labels: Tensor) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def evaluate_zero_shot(
     prompt ``templates`` when given (see :func:`class_prompts`). Keys: ``micro``, ``macro``
     (top-1), ``top5_micro``, ``top5_macro`` and ``count``."""
     class_emb = class_embeddings(model, tokenizer, class_prompts(data, templates))
-    accuracy = topk_accuracy(zero_shot_scores(model, encode_images(model, data), class_emb), data.labels)
+    accuracy = topk_accuracy(zero_shot_scores(model, encode_inputs(model, data), class_emb), data.labels)
     return {"micro": accuracy["top1_micro"], "macro": accuracy["top1_macro"], "top5_micro": accuracy["top5_micro"],
             "top5_macro": accuracy["top5_macro"], "count": accuracy["count"]}
 
@@ -199,7 +199,7 @@ def evaluate_splits(model, splits: UnlearningSplits, tokenizer: Tokenizer, candi
         if class_emb is None or len(data) == 0:  # nothing to score (no candidate leaves every label -1)
             scores = torch.zeros(len(data), len(columns))
         else:
-            scores = zero_shot_scores(model, encode_images(model, data), class_emb[columns.to(class_emb.device)])
+            scores = zero_shot_scores(model, encode_inputs(model, data), class_emb[columns.to(class_emb.device)])
         accuracy = topk_accuracy(scores, labels)
         result.update({f"zs_{part}": accuracy["top1_micro"], f"zs_{part}_macro": accuracy["top1_macro"],
                        f"zs_{part}_top5": accuracy["top5_micro"], f"zs_{part}_top5_macro": accuracy["top5_macro"]})
@@ -229,7 +229,7 @@ def concept_detection(model, data: PairDataset, tokenizer: Tokenizer,
     Class embeddings from the prompt ensembles of :func:`class_prompts`; see :func:`detection_ap`.
     """
     class_emb = class_embeddings(model, tokenizer, class_prompts(data, templates))
-    scores = zero_shot_scores(model, encode_images(model, data), class_emb)
+    scores = zero_shot_scores(model, encode_inputs(model, data), class_emb)
     return detection_ap(scores, data.concepts, data.class_names)
 
 
@@ -246,7 +246,7 @@ def detection_metrics(model, splits: UnlearningSplits, tokenizer: Tokenizer,
     ap: dict[str, float] = {}
     if parts and splits.retain.class_names:
         class_emb = class_embeddings(model, tokenizer, class_prompts(splits.retain, templates))
-        scores = torch.cat([zero_shot_scores(model, encode_images(model, data), class_emb) for data in parts])
+        scores = torch.cat([zero_shot_scores(model, encode_inputs(model, data), class_emb) for data in parts])
         ap = detection_ap(scores, [c for data in parts for c in data.concepts], splits.retain.class_names)
 
     def mean(group: Sequence[str]) -> float:

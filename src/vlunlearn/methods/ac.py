@@ -120,24 +120,24 @@ class AlignmentCalibration(UnlearningMethod):
         """The AC loss, its logged parts, and the embeddings ``(v_r, t_r, v_f, t_f)`` for subclasses."""
         alpha, beta = self.config.alpha, self.config.beta
         context = self.context
-        retain_image, retain_text = encode(model, retain)
-        forget_image, forget_text = encode(model, forget)
+        retain_input, retain_text = encode(model, retain)
+        forget_input, forget_text = encode(model, forget)
         partners = self.partner_captions(forget, step)
         partner_tokens = context.tokens(partners)
         partner_text = data_parallel(model.encode_text, partner_tokens)
-        logits = contrastive_logits(model, torch.cat([retain_image, forget_image]), torch.cat([retain_text, partner_text]))
+        logits = contrastive_logits(model, torch.cat([retain_input, forget_input]), torch.cat([retain_text, partner_text]))
         columns = concat_tokens(retain.tokens, partner_tokens)
-        logits = mask_own_captions(logits, len(retain_image), forget.tokens, columns)
+        logits = mask_own_captions(logits, len(retain_input), forget.tokens, columns)
         per_pair = pairwise_contrastive_loss(logits)
-        n_retain, n_forget = len(retain_image), len(forget_image)
+        n_retain, n_forget = len(retain_input), len(forget_input)
         retain_part, negative_part = per_pair[:n_retain].sum(), per_pair[n_retain:].sum()
         calibrated = (retain_part + alpha * negative_part) / (n_retain + alpha * n_forget)
-        similarity = model.geometry.paired_similarity(forget_image, forget_text, model.curvature())
+        similarity = model.geometry.paired_similarity(forget_input, forget_text, model.curvature())
         if self.config.bound_positive:
             with torch.no_grad():
-                original_image = data_parallel(context.original.encode_image, forget.images)
+                original_input = data_parallel(context.original.encode_input, forget.inputs)
                 original_partner = data_parallel(context.original.encode_text, partner_tokens)
-                floor = model.geometry.paired_similarity(original_image, original_partner, context.original.curvature())
+                floor = model.geometry.paired_similarity(original_input, original_partner, context.original.curvature())
             positive = torch.clamp(similarity - floor, min=0).mean()
         else:
             positive = similarity.mean()
@@ -147,7 +147,7 @@ class AlignmentCalibration(UnlearningMethod):
             "forget_similarity": similarity.mean().item(),
             "positive_calibration": positive.item(),
         }
-        return calibrated + beta * positive, logs, (retain_image, retain_text, forget_image, forget_text)
+        return calibrated + beta * positive, logs, (retain_input, retain_text, forget_input, forget_text)
 
 
 def mask_own_captions(logits: Tensor, n_retain: int, own: Tensor, columns: Tensor) -> Tensor:

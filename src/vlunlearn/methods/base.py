@@ -30,7 +30,7 @@ method's ``tiny_lr``. Fine-tuning recipes for released ViT-B/L dual encoders use
 (MultiDelete's ALBEF/BLIP configs 1e-5 to 2e-5; CLIP unlearning work 1e-7 to 1e-5), a twentieth of
 the 2e-4 that suits a 28-pixel tiny model; the tiny rates would wreck a released model."""
 
-TOWERS = ("both", "image", "text")
+TOWERS = ("both", "image", "graph", "text")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class MethodConfig:
         warmup_steps: linear warm-up at the start.
         learn_curvature: let a Lorentz model's curvature move; frozen by default so the
             space itself stays comparable with the original model.
-        towers: which towers are updated: ``both``, ``image`` or ``text`` (shared scalars such
+        towers: which towers are updated: ``both``, the input tower (``image`` or ``graph``, the model's) or ``text`` (shared scalars such
             as the temperature train only with ``both``).
         parameter_filter: a regular expression; only parameters whose name it matches
             (``re.search``) are updated, e.g. ``attn`` for attention only ("" = all in ``towers``).
@@ -304,10 +304,10 @@ def derangement(n: int, generator: torch.Generator) -> Tensor:
 
 def encode(model: nn.Module, batch: PairBatch) -> tuple[Tensor, Tensor]:
     """Image and text embeddings of a batch (sharded over ranks in a distributed run). ``-> (B, D), (B, D)``."""
-    return data_parallel(model, batch.images, batch.tokens)
+    return data_parallel(model, batch.inputs, batch.tokens)
 
 
 @torch.no_grad()
 def encode_original(context: MethodContext, batch: PairBatch) -> tuple[Tensor, Tensor]:
     """Embeddings of a batch under the frozen original model ``f0``."""
-    return data_parallel(context.original, batch.images, batch.tokens)
+    return data_parallel(context.original, batch.inputs, batch.tokens)

@@ -74,26 +74,26 @@ class HyperbolicAlignmentCalibration(AlignmentCalibration):
 
     def loss(self, model, retain, forget, step):
         cfg = self.config
-        loss, logs, (retain_image, retain_text, forget_image, forget_text) = self.calibration(model, retain, forget, step)
+        loss, logs, (retain_input, retain_text, forget_input, forget_text) = self.calibration(model, retain, forget, step)
         c = model.curvature()
         if cfg.lambda_ec > 0:
-            inside = lorentz.half_aperture(forget_text, c) - lorentz.exterior_angle(forget_text, forget_image, c)
+            inside = lorentz.half_aperture(forget_text, c) - lorentz.exterior_angle(forget_text, forget_input, c)
             calibration = torch.clamp(inside + cfg.ec_margin, min=0).mean()
             loss = loss + cfg.lambda_ec * calibration
             logs["entailment_calibration"] = calibration.item()
         if cfg.lambda_ent > 0:
-            retain_entailment = entailment_loss(model, retain_text, retain_image)
+            retain_entailment = entailment_loss(model, retain_text, retain_input)
             loss = loss + cfg.lambda_ent * retain_entailment
             logs["retain_entailment"] = retain_entailment.item()
         if cfg.lambda_norm > 0:
-            original_image, original_text = encode_original(self.context, retain)
-            current = lorentz.dist_to_origin(torch.cat([retain_image, retain_text]), c)
-            anchor = lorentz.dist_to_origin(torch.cat([original_image, original_text]), self.context.original.curvature())
+            original_input, original_text = encode_original(self.context, retain)
+            current = lorentz.dist_to_origin(torch.cat([retain_input, retain_text]), c)
+            anchor = lorentz.dist_to_origin(torch.cat([original_input, original_text]), self.context.original.curvature())
             norm = ((current - anchor) ** 2).mean()
             loss = loss + cfg.lambda_norm * norm
             logs["norm"] = norm.item()
         if cfg.lambda_gen > 0:
-            generic = lorentz.dist_to_origin(forget_image, c).mean()
+            generic = lorentz.dist_to_origin(forget_input, c).mean()
             loss = loss + cfg.lambda_gen * generic
             logs["forget_depth"] = generic.item()
         return StepOutput(loss, logs)

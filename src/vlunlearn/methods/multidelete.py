@@ -86,8 +86,8 @@ class MultiDelete(UnlearningMethod):
         original = self.context.original
         c0 = original.curvature()
 
-        forget_image, forget_text = encode(model, forget)
-        original_forget_image, original_forget_text = encode_original(self.context, forget)
+        forget_input, forget_text = encode(model, forget)
+        original_forget_input, original_forget_text = encode_original(self.context, forget)
         if partner_pool(cfg.partner_pool, self.context.request_kind) == "forget":
             partner_text = original_forget_text[derangement(len(forget), step_generator(cfg.seed, step, 17))]
         else:
@@ -95,15 +95,15 @@ class MultiDelete(UnlearningMethod):
                 tokens = self.context.random_retain_tokens(len(forget), step, salt=17)
                 partner_text = data_parallel(original.encode_text, tokens)
         pair_similarity = geometry.pairwise_similarity if cfg.decoupling == "matrix" else geometry.paired_similarity
-        target = pair_similarity(original_forget_image, partner_text, c0)
-        decoupling = ((pair_similarity(forget_image, forget_text, c) - target) ** 2).mean()
+        target = pair_similarity(original_forget_input, partner_text, c0)
+        decoupling = ((pair_similarity(forget_input, forget_text, c) - target) ** 2).mean()
 
-        retain_image, retain_text = encode(model, retain)
-        original_image, original_text = encode_original(self.context, retain)
-        similarity = geometry.pairwise_similarity(retain_image, retain_text, c)
-        multimodal = ((similarity - geometry.pairwise_similarity(original_image, original_text, c0)) ** 2).mean()
-        tangent = geometry.to_tangent(torch.cat([retain_image, retain_text]), c)
-        anchor = geometry.to_tangent(torch.cat([original_image, original_text]), c0)
+        retain_input, retain_text = encode(model, retain)
+        original_input, original_text = encode_original(self.context, retain)
+        similarity = geometry.pairwise_similarity(retain_input, retain_text, c)
+        multimodal = ((similarity - geometry.pairwise_similarity(original_input, original_text, c0)) ** 2).mean()
+        tangent = geometry.to_tangent(torch.cat([retain_input, retain_text]), c)
+        anchor = geometry.to_tangent(torch.cat([original_input, original_text]), c0)
         unimodal = ((tangent - anchor) ** 2).mean()
 
         loss = cfg.lambda_md * decoupling + cfg.lambda_mkr * multimodal + cfg.lambda_ukr * unimodal

@@ -34,13 +34,13 @@ class NegGradConfig(MethodConfig):
 def forget_and_retain_losses(model, retain, forget, retain_negatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean contrastive loss of the forget pairs and of the retain pairs. With ``retain_negatives``
     both come from one similarity matrix over ``B_f + B_r``, so each side is the other's negatives."""
-    forget_image, forget_text = encode(model, forget)
-    retain_image, retain_text = encode(model, retain)
+    forget_input, forget_text = encode(model, forget)
+    retain_input, retain_text = encode(model, retain)
     if not retain_negatives:
-        return contrastive_loss(model, forget_image, forget_text), contrastive_loss(model, retain_image, retain_text)
-    logits = contrastive_logits(model, torch.cat([forget_image, retain_image]), torch.cat([forget_text, retain_text]))
+        return contrastive_loss(model, forget_input, forget_text), contrastive_loss(model, retain_input, retain_text)
+    logits = contrastive_logits(model, torch.cat([forget_input, retain_input]), torch.cat([forget_text, retain_text]))
     per_pair = pairwise_contrastive_loss(logits)
-    return per_pair[: len(forget_image)].mean(), per_pair[len(forget_image) :].mean()
+    return per_pair[: len(forget_input)].mean(), per_pair[len(forget_input) :].mean()
 
 
 @register("neggrad")

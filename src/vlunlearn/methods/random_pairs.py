@@ -1,12 +1,11 @@
-"""Random pairs (the relabelling analogue): forget images trained against D_r captions."""
+"""Random pairs (the relabelling analogue): forget inputs trained against D_r captions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
+from vlunlearn.data.graphs import concat_inputs
 from vlunlearn.methods.base import MethodConfig, UnlearningMethod, register
 from vlunlearn.training.batches import concat_tokens
 from vlunlearn.training.distributed import data_parallel
@@ -28,15 +27,15 @@ class RandomPairsConfig(MethodConfig):
 
 @register("random_pairs")
 class RandomPairs(UnlearningMethod):
-    """Random relabelling: ``L = L_con(B_r + B_f')``, each forget image paired with a random D_r caption."""
+    """Random relabelling: ``L = L_con(B_r + B_f')``, each forget input paired with a random D_r caption."""
 
     config_class = RandomPairsConfig
 
     def loss(self, model, retain, forget, step):
         # salt 13, AC's: AC with alpha = 1, beta = 0 and D_r partners is this loss exactly
         random_tokens = self.context.random_retain_tokens(len(forget), step, salt=13)
-        images = torch.cat([retain.images, forget.images])
+        inputs = concat_inputs([retain.inputs, forget.inputs])
         tokens = concat_tokens(retain.tokens, random_tokens)
-        loss = contrastive_loss(model, *data_parallel(model, images, tokens))
+        loss = contrastive_loss(model, *data_parallel(model, inputs, tokens))
         return StepOutput(loss, {"contrastive": loss.item()})
 

@@ -425,6 +425,9 @@ def export_meru_checkpoint(model: ContrastiveModel, path: str | os.PathLike) -> 
     ``model.root_embedding`` is set and ``vlunlearn_config`` (the configuration as a plain
     dict), which MERU's loader ignores.
     """
+    if model.config.modality != "image":
+        raise CheckpointError(f"MERU's layout holds image models; {model.config.name!r} encodes {model.config.modality}s "
+                              "(save it with save_model instead)")
     path = Path(path)
     payload: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if model.root_embedding is not None:

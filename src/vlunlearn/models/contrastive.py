@@ -1,8 +1,9 @@
 """The two-tower contrastive model: CLIP (Euclidean) or MERU (Lorentz), one class.
 
-Its ``state_dict`` has exactly the keys of MERU's ``CLIPBaseline``/``MERU`` modules
-(``reference/meru.md`` §2.2), so released checkpoints load strictly and models written
-in MERU's layout load back in MERU's code.
+An image model's ``state_dict`` has exactly the keys of MERU's ``CLIPBaseline``/``MERU``
+modules (``reference/meru.md`` §2.2), so released checkpoints load strictly and models
+written in MERU's layout load back in MERU's code. A graph model (molecules) has a
+message-passing tower ``graph``/``graph_proj``/``graph_alpha`` in place of the ViT.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vlunlearn.data.graphs import GraphSet
 from vlunlearn.geometry import Geometry, get_geometry
 from vlunlearn.models.configs import ModelConfig
+from vlunlearn.models.graph import GraphEncoder
 from vlunlearn.models.text import TextTransformer
 from vlunlearn.models.vit import VisionTransformer
 
@@ -23,12 +26,14 @@ LOGIT_SCALE_MAX = math.log(100.0)
 
 
 class ContrastiveModel(nn.Module):
-    """Image and text towers projected into a joint space with a given geometry.
+    """An input tower (images or graphs) and a text tower projected into a joint space with a given geometry.
 
-    Submodules ``visual`` (:class:`VisionTransformer`), ``visual_proj``, ``textual``
-    (:class:`TextTransformer`), ``textual_proj``; parameters ``logit_scale`` and, for
-    Lorentz, ``curv`` (log c), ``visual_alpha`` and ``textual_alpha`` (log scales applied
-    before the exponential map); buffers ``pixel_mean`` and ``pixel_std`` ``(C, 1, 1)``.
+    Image models: submodules ``visual`` (:class:`VisionTransformer`), ``visual_proj``, buffers
+    ``pixel_mean`` and ``pixel_std`` ``(C, 1, 1)``; graph models (``config.modality ==
+    "graph"``): ``graph`` (:class:`GraphEncoder`) and ``graph_proj``. Both: ``textual``
+    (:class:`TextTransformer`), ``textual_proj``, ``logit_scale`` and, for Lorentz, ``curv``
+    (log c) and the log scales applied before the exponential map, ``textual_alpha`` and
+    ``visual_alpha`` or ``graph_alpha``.
 
     Attributes:
         config: the :class:`ModelConfig` it was built from.
@@ -41,15 +46,22 @@ class ContrastiveModel(nn.Module):
         super().__init__()
         self.config = config
         self.root_embedding: Tensor | None = None
-        self.visual = VisionTransformer(
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            width=config.vision_width,
-            depth=config.vision_depth,
-            heads=config.vision_heads,
-            in_channels=config.in_channels,
-        )
-        self.visual_proj = nn.Linear(config.vision_width, config.embed_dim, bias=False)
+        self.modality = config.modality
+        self.input_name = "graph" if config.modality == "graph" else "visual"  # prefix of the input tower's names
+        if config.modality == "graph":
+            self.graph = GraphEncoder(config.node_vocab, config.edge_vocab, config.graph_width, config.graph_depth)
+            input_width = config.graph_width
+        else:
+            self.visual = VisionTransformer(
+                image_size=config.image_size,
+                patch_size=config.patch_size,
+                width=config.vision_width,
+                depth=config.vision_depth,
+                heads=config.vision_heads,
+                in_channels=config.in_channels,
+            )
+            input_width = config.vision_width
+        setattr(self, f"{self.input_name}_proj", nn.Linear(input_width, config.embed_dim, bias=False))
         self.textual = TextTransformer(
             vocab_size=config.vocab_size,
             context_length=config.context_length,
@@ -62,12 +74,13 @@ class ContrastiveModel(nn.Module):
         if config.hyperbolic:
             self.curv = nn.Parameter(torch.tensor(math.log(config.curv_init)), requires_grad=config.learn_curv)
             alpha = math.log(config.embed_dim**-0.5)
-            self.visual_alpha = nn.Parameter(torch.tensor(alpha))
+            setattr(self, f"{self.input_name}_alpha", nn.Parameter(torch.tensor(alpha)))
             self.textual_alpha = nn.Parameter(torch.tensor(alpha))
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1))
+        if config.modality == "image":
+            self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1))
+            self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1))
         with torch.no_grad():
-            nn.init.normal_(self.visual_proj.weight, std=config.vision_width**-0.5)
+            nn.init.normal_(self.input_tower_proj.weight, std=input_width**-0.5)
             nn.init.normal_(self.textual_proj.weight, std=config.text_width**-0.5)
 
     @property
@@ -78,13 +91,41 @@ class ContrastiveModel(nn.Module):
         """Curvature magnitude ``c = exp(curv)`` (the space has curvature ``-c``); ``None`` for Euclidean."""
         return self.curv.exp() if self.config.hyperbolic else None
 
+    @property
+    def input_tower(self) -> nn.Module:
+        """The tower of the non-text side: the ViT, or the graph encoder."""
+        return getattr(self, "graph" if self.modality == "graph" else "visual")
+
+    @property
+    def input_tower_proj(self) -> nn.Linear:
+        return getattr(self, f"{self.input_name}_proj")
+
     @staticmethod
     def parameter_tower(name: str) -> str:
-        """``image``, ``text`` or ``shared`` (temperature, curvature) for a parameter name."""
-        return {"visual": "image", "textual": "text"}.get(name.split(".")[0].split("_")[0], "shared")
+        """``image``, ``graph``, ``text`` or ``shared`` (temperature, curvature) for a parameter name."""
+        return {"visual": "image", "graph": "graph", "textual": "text"}.get(name.split(".")[0].split("_")[0], "shared")
 
     def _scale(self, alpha: str) -> Tensor | None:
         return getattr(self, alpha).exp() if self.config.hyperbolic else None
+
+    def encode_input(self, inputs: Tensor | GraphSet, project: bool = True) -> Tensor:
+        """The non-text side of a batch -> ``(B, embed_dim)``: images ``(B, C, H, W)`` through
+        :meth:`encode_image`, a :class:`GraphSet` through :meth:`encode_graph`."""
+        is_graph = isinstance(inputs, GraphSet)
+        if is_graph != (self.modality == "graph"):
+            given = "graphs" if is_graph else "images"
+            raise ValueError(f"the {self.config.name!r} model encodes {self.modality}s, not {given}: "
+                             f"use a {'graph' if is_graph else 'image'} model with this data")
+        return self.encode_graph(inputs, project) if is_graph else self.encode_image(inputs, project)
+
+    def encode_graph(self, graphs: GraphSet, project: bool = True) -> Tensor:
+        """A batch of ``B`` graphs -> ``(B, embed_dim)``: message passing, mean pooling and
+        ``graph_proj``; ``project`` as in :meth:`encode_image`, with ``graph_alpha``."""
+        flat = graphs.to(self.graph_proj.weight.device).flat()
+        features = self.graph_proj(self.graph(flat.nodes, flat.edges, flat.edge_features, flat.graph_index, flat.num_graphs))
+        if not project:
+            return features
+        return self.geometry.embed(features, scale=self._scale("graph_alpha"), c=self.curvature())
 
     def encode_image(self, images: Tensor, project: bool = True) -> Tensor:
         """Images in [0, 1] ``(B, C, H, W)`` -> ``(B, embed_dim)``.
@@ -123,33 +164,33 @@ class ContrastiveModel(nn.Module):
             return features
         return self.geometry.embed(features, scale=self._scale("textual_alpha"), c=self.curvature())
 
-    def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """``(image_emb, text_emb)``, both projected. Never clamps the scalars."""
-        return self.encode_image(images), self.encode_text(tokens)
+    def forward(self, inputs: Tensor | GraphSet, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``(input_emb, text_emb)``, both projected. Never clamps the scalars."""
+        return self.encode_input(inputs), self.encode_text(tokens)
 
     @torch.no_grad()
     def clamp_scalars_(self) -> None:
         """Clamp the learnable scalars in place, as MERU does at the start of each training step:
         ``logit_scale <= ln 100``; ``curv`` in ``[ln(curv_init/10), ln(curv_init*10)]``;
-        ``visual_alpha, textual_alpha <= 0``. Inference does not call this."""
+        the input and text alphas ``<= 0``. Inference does not call this."""
         self.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
         if self.config.hyperbolic:
             c0 = self.config.curv_init
             self.curv.clamp_(min=math.log(c0 / 10), max=math.log(c0 * 10))
-            self.visual_alpha.clamp_(max=0.0)
+            getattr(self, f"{self.input_name}_alpha").clamp_(max=0.0)
             self.textual_alpha.clamp_(max=0.0)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> "ContrastiveModel":
         """Recompute each transformer block's activations during backward instead of keeping
         them: much less memory for large models (ViT-L) at about a third more compute. The
         gradients are the same. Returns ``self``."""
-        self.visual.grad_checkpointing = enabled
+        self.input_tower.grad_checkpointing = enabled
         self.textual.grad_checkpointing = enabled
         return self
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameter elements (the frozen ``visual.pos_embed`` included unless ``trainable_only``)."""
+        """Number of parameter elements (an image model's frozen ``visual.pos_embed`` included unless ``trainable_only``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def extra_repr(self) -> str:
-        return f"name={self.config.name!r}, geometry={self.config.geometry!r}"
+        return f"name={self.config.name!r}, geometry={self.config.geometry!r}, modality={self.modality!r}"

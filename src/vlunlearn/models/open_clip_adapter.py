@@ -146,7 +146,7 @@ class OpenClipAdapter(nn.Module):
         """``None``: the space is Euclidean."""
         return None
 
-    def encode_image(self, images: Tensor, project: bool = True) -> Tensor:
+    def encode_input(self, images: Tensor, project: bool = True) -> Tensor:
         """Images in [0, 1] ``(B, C, H, W)`` -> ``(B, D)``.
 
         A single-channel batch is repeated to ``config.in_channels``; images of another size
@@ -174,7 +174,7 @@ class OpenClipAdapter(nn.Module):
 
         The ids are padded with 0 to exactly ``context_length`` (open_clip's text tower adds a
         fixed-length positional embedding); longer sequences raise ``ValueError``. ``project``
-        as in :meth:`encode_image`.
+        as in :meth:`encode_input`.
         """
         context = self.config.context_length
         if tokens.ndim != 2:
@@ -189,8 +189,8 @@ class OpenClipAdapter(nn.Module):
         return self.geometry.embed(features, scale=None, c=None) if project else features
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """``(image_emb, text_emb)``, both projected: ``(B, D), (B, D)``. Never clamps ``logit_scale``."""
-        return self.encode_image(images), self.encode_text(tokens)
+        """``(input_emb, text_emb)``, both projected: ``(B, D), (B, D)``. Never clamps ``logit_scale``."""
+        return self.encode_input(images), self.encode_text(tokens)
 
     @torch.no_grad()
     def clamp_scalars_(self) -> None:

@@ -88,9 +88,9 @@ def disk_basis(model, images: PairDataset) -> Tensor:
     image embeddings mapped by ``log_map0`` (Lorentz) or normalised (Euclidean). Compute it
     once from the original model and pass it to :func:`disk_view` for every model of the
     request. Returns ``(D, 2)`` float64."""
-    from vlunlearn.evaluation.zero_shot import encode_images
+    from vlunlearn.evaluation.zero_shot import encode_inputs
 
-    return principal_axes(_tangent(encode_images(model, images), _curvature(model)))
+    return principal_axes(_tangent(encode_inputs(model, images), _curvature(model)))
 
 
 def item_labels(data: PairDataset) -> list[str]:
@@ -117,11 +117,11 @@ def disk_view(
     when ``prompts`` (concept -> prompts, e.g. ``landing.hierarchy_prompts``) is given,
     ``disk_prompt_points`` (``K`` pairs: each concept's prompt-ensemble centroid) and
     ``disk_prompt_labels`` (the ``K`` concept names)."""
-    from vlunlearn.evaluation.zero_shot import class_embeddings, encode_images
+    from vlunlearn.evaluation.zero_shot import class_embeddings, encode_inputs
 
     c = _curvature(model)
     view = {
-        "disk_points": project_to_disk(encode_images(model, images), basis, c).tolist(),
+        "disk_points": project_to_disk(encode_inputs(model, images), basis, c).tolist(),
         "disk_labels": item_labels(images),
     }
     if prompts:

@@ -53,7 +53,7 @@ DETAIL_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("TIE", "tree_tie", 2),
     ("entail D_f", "entailment_rate_forget", 2),
     ("entail test forget", "entailment_rate_test_forget", 2),
-    ("D_f image d0", "forget_image_d0", 2),
+    ("D_f d0", "forget_image_d0", 2),
 )
 INTERVALS = {"mia_calibrated_auc": "mia_calibrated_auc", "mia_auc": "mia_auc"}  # keys with a bootstrap interval
 NOT_MEASURED = "Not measured on this data (left out, shown as –), and why:"
@@ -130,7 +130,7 @@ def _summary(results: Mapping[str, Any]) -> str:
     return " · ".join(parts) if parts else "no data or config recorded"
 
 
-def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def _table(records: Sequence[Mapping[str, Any]], item: str) -> list[str]:
     ordered = order_methods(records)
     retrain = next((r for r in ordered if r.get("method") == "retrain"), None)
     lines = []
@@ -154,7 +154,7 @@ def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
         cells += [_metric(record, key, decimals) for _, key, decimals in COLUMNS]
         cells.append("n/a" if retrain is None else (f"**{_fmt(gap, 3)}**" if closest else _fmt(gap, 3)))
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""] + _not_measured(ordered) + _mia_notes(ordered) + _details(ordered) + _traversals(ordered)
+    return lines + [""] + _not_measured(ordered) + _mia_notes(ordered) + _details(ordered, item) + _traversals(ordered, item)
 
 
 def _not_measured(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -174,12 +174,12 @@ def _not_measured(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def _traversals(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
-    """MERU's traversal of the same forget images under each model: before (original) and after."""
+def _traversals(ordered: Sequence[Mapping[str, Any]], item: str) -> list[str]:
+    """MERU's traversal of the same forget inputs under each model: before (original) and after."""
     shown = [r for r in ordered if (r.get("artifacts") or {}).get("traversals")]
     if not shown:
         return []
-    lines = ["", "Traversals of forget images towards the origin (concepts met on the way, image end first):", ""]
+    lines = ["", f"Traversals of forget {item}s towards the origin (concepts met on the way, {item} end first):", ""]
     for record in shown:
         for walk in record["artifacts"]["traversals"]:
             lines.append(f"- {_cell(record.get('method', '?'))}, `{_cell(walk['id'])}`: {' → '.join(map(_cell, walk['path']))}")
@@ -199,11 +199,11 @@ def _mia_notes(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
     return notes
 
 
-def _details(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
+def _details(ordered: Sequence[Mapping[str, Any]], item: str) -> list[str]:
     columns = [c for c in DETAIL_COLUMNS if any(as_number((r.get("metrics") or {}).get(c[1])) is not None for r in ordered)]
     if not columns:
         return []
-    lines = ["More metrics (top-5 and macro accuracy, retrieval, attack TPR, where forget images land, hierarchy):", ""]
+    lines = [f"More metrics (top-5 and macro accuracy, retrieval, attack TPR, where forget {item}s land, hierarchy):", ""]
     lines.append("| method | " + " | ".join(h for h, _, _ in columns) + " |")
     lines.append("|" + "|".join([":---"] + ["---:"] * len(columns)) + "|")
     for record in ordered:
@@ -213,26 +213,28 @@ def _details(ordered: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 FIGURE_CAPTIONS = {
-    "alignment": "Alignment audit: similarity of forget images (rows) to captions (columns); a bright diagonal "
+    "alignment": "Alignment audit: similarity of forget {item}s (rows) to captions (columns); a bright diagonal "
     "block means the pairs are still remembered. For concept requests the lower-right block holds retain pairs "
-    "for contrast, and the gap compares a forget image's own caption with other concepts' captions.",
-    "d0": "Distance of the forget images to the origin of the hyperboloid (generic concepts live near the "
+    "for contrast, and the gap compares a forget {item}'s own caption with other concepts' captions.",
+    "d0": "Distance of the forget {item}s to the origin of the hyperboloid (generic concepts live near the "
     "origin, specific ones far from it).",
-    "disk": "Test images on the Poincare disk (first two spatial axes), before and after unlearning, coloured by class.",
+    "disk": "Test {item}s on the Poincare disk (first two spatial axes), before and after unlearning, coloured by class.",
     "scatter": "Zero-shot test accuracy on the forgotten concepts against the retained ones; the best methods "
     "sit next to the retrain star.",
 }
 
+INPUT_NOUNS = {"image": "image", "graph": "molecule"}  # what the report calls a data item, by modality
+
 GUIDE = (
-    "How to read: an unlearning method succeeds when its **test forget %** (zero-shot top-1 on single-item test "
-    "images of the forgotten concepts; every class, forgotten ones included, stays a candidate, MERU's convention) "
-    "and **AP forget** (detection of the forgotten concepts in every test image) fall to the retrained oracle's, "
+    "How to read: an unlearning method succeeds when its **test forget %** (zero-shot top-1 on single-class test "
+    "{item}s of the forgotten concepts; every class, forgotten ones included, stays a candidate, MERU's convention) "
+    "and **AP forget** (detection of the forgotten concepts in every test {item}) fall to the retrained oracle's, "
     "its **test retain %** and **AP retain** stay near the original's, and its privacy metrics match the oracle's: "
     "**MIA AUC** (an attack trained on retain members vs unseen test-retain pairs, applied to D_f vs test-forget; "
     "95% bootstrap interval in brackets; 0.5 = D_f looks unseen), **distinguish.** (ROC-AUC of the pair "
     "similarity of D_f against D_r; higher = the deleted pairs stand apart from the kept ones), **KS p** (KS test "
     "of the D_f pair-similarity distribution against the oracle's; high = indistinguishable from retraining) and "
-    "the **alignment gap**. Retrieval **R@1** is image-to-text Recall@1 by item on the test split, and for D_f "
+    "the **alignment gap**. Retrieval **R@1** is {item}-to-text Recall@1 by item on the test split, and for D_f "
     "against the whole training gallery. The **oracle gap** is the mean over the forget/retain accuracies, the "
     "two MIA AUCs and distinguishability of |method - retrain|, each on a common scale (accuracies as fractions, "
     "so 10 points weigh as much as 0.1 of AUC): lower is closer to retraining; the closest method of each table "
@@ -252,21 +254,22 @@ def render_report(
     show as ``–``; those a record names in ``artifacts.metrics_not_applicable`` are listed
     under their table with the reason.
     """
-    lines = ["# vlunlearn results", "", _summary(results), "", GUIDE, ""]
+    item = INPUT_NOUNS.get(str((results.get("data") or {}).get("modality", "image")), "input")
+    lines = ["# vlunlearn results", "", _summary(results), "", GUIDE.format(item=item), ""]
     records = results.get("records") or []
     if not records:
         lines += ["_No records._", ""]
     for (model, geometry, forget), group in group_records(records).items():
         lines.append(f"## {_cell(model)} · {_cell(geometry)} · forget: {_cell(', '.join(forget) or '(nothing)')}")
         lines.append("")
-        lines += _table(group)
+        lines += _table(group, item)
         lines.append("")
     lines += ["## Figures", ""]
     if figures:
         for figure in figures:
             name = str(figure).replace("\\", "/")
             stem = name.rsplit("/", 1)[-1]
-            caption = FIGURE_CAPTIONS.get(stem.split("_", 1)[0].removesuffix(".png"), "")
+            caption = FIGURE_CAPTIONS.get(stem.split("_", 1)[0].removesuffix(".png"), "").format(item=item)
             lines += [f"### {stem}", "", f"![{stem}]({name})", ""]
             if caption:
                 lines += [f"_{caption}_", ""]

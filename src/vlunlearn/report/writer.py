@@ -147,10 +147,10 @@ def _draw_figures(records: Sequence[Mapping[str, Any]], figure_dir: Path) -> tup
             d0 = {str(r.get("method")): _artifact(r, "image_d0") for r in order_methods(group) if _has(r, "image_d0")}
             if d0:
                 path = name_for("d0", model, geometry, forget)
-                title = f"Image distance to origin: {label}"
-                paths.append(fig.distance_histograms(d0, path, title, xlabel="image d0 (geodesic)"))
+                title = f"Forget inputs' distance to the origin: {label}"
+                paths.append(fig.distance_histograms(d0, path, title, xlabel="d0 (geodesic)"))
             else:
-                skipped.append(f"d0 histograms of {label}: no record has image distances to the origin")
+                skipped.append(f"d0 histograms of {label}: no record has forget inputs' distances to the origin")
         disk = _disk_panels(group)
         if disk["points"]:
             path = name_for("disk", model, geometry, forget)

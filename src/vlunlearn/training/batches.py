@@ -14,14 +14,16 @@ import torch
 from torch import Tensor
 
 from vlunlearn.data import PairDataset, Tokenizer
+from vlunlearn.data.graphs import GraphSet
 from vlunlearn.errors import DataError
 
 
 @dataclass
 class PairBatch:
-    """Images ``(B, C, H, W)`` in [0, 1], token ids ``(B, L)`` and dataset indices ``(B,)``."""
+    """Inputs (images ``(B, C, H, W)`` in [0, 1], or a :class:`GraphSet` of ``B`` graphs), token
+    ids ``(B, L)`` and dataset indices ``(B,)``."""
 
-    images: Tensor
+    inputs: Tensor | GraphSet
     tokens: Tensor
     indices: Tensor
 
@@ -56,7 +58,7 @@ class TokenCache:
 
 
 class PairSampler:
-    """Shuffled batches of image-caption pairs, reshuffled every epoch, without replacement.
+    """Shuffled batches of input-caption pairs, reshuffled every epoch, without replacement.
 
     ``caption_weights`` (generic -> specific) draws one caption level per item and step,
     so a hyperbolic model sees every level of the hierarchy; ``None`` always uses the
@@ -105,7 +107,7 @@ class PairSampler:
 
     def batch(self, step: int) -> PairBatch:
         indices = self.indices(step)
-        return PairBatch(self.dataset.image_batch(indices), self.tokens(self._captions(indices, step)), indices)
+        return PairBatch(self.dataset.input_batch(indices), self.tokens(self._captions(indices, step)), indices)
 
     def _captions(self, indices: Tensor, step: int) -> list[str]:
         captions = [self.dataset.captions[i] for i in indices.tolist()]

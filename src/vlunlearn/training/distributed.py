@@ -7,7 +7,7 @@ losses see all the negatives, and each method's batch-level terms (partner capti
 similarity matrices) are exactly the single-process ones. After ``backward`` the loop
 averages the gradients over ranks (:func:`average_gradients`), which is what
 ``DistributedDataParallel`` does; the wrapper itself is not used because the objectives call
-``encode_image``/``encode_text`` directly, not only ``forward``. The all-gather's backward
+``encode_input``/``encode_text`` directly, not only ``forward``. The all-gather's backward
 sums the gradients of the ``world`` identical losses, and the average divides them again, so
 a run on N ranks takes the same steps as one process with the same global batch (up to
 floating-point summation order). Rank 0 alone writes checkpoints, results and reports.

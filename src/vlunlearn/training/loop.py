@@ -41,7 +41,7 @@ from vlunlearn.training import distributed
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Scalars that MERU and CLIP exclude from weight decay, besides norms and biases.
-_NO_DECAY_NAMES = ("logit_scale", "curv", "visual_alpha", "textual_alpha", "cls_token", "posit_embed")
+_NO_DECAY_NAMES = ("logit_scale", "curv", "visual_alpha", "graph_alpha", "textual_alpha", "cls_token", "posit_embed")
 
 
 @dataclass(frozen=True)

@@ -156,11 +156,11 @@ class ContrastiveObjective:
 
     def __call__(self, model: nn.Module, step: int) -> StepOutput:
         batch = self.sampler.batch(step)
-        image_emb, text_emb = data_parallel(model, batch.images, batch.tokens)
-        loss = contrastive_loss(model, image_emb, text_emb)
+        input_emb, text_emb = data_parallel(model, batch.inputs, batch.tokens)
+        loss = contrastive_loss(model, input_emb, text_emb)
         logs = {"contrastive": loss.item()}
         if model.geometry.hyperbolic and self.entail_weight > 0:
-            entailment = entailment_loss(model, text_emb, image_emb)
+            entailment = entailment_loss(model, text_emb, input_emb)
             loss = loss + self.entail_weight * entailment
             logs["entailment"] = entailment.item()
         return StepOutput(loss, logs)

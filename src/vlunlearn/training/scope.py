@@ -12,7 +12,7 @@ from vlunlearn.errors import ConfigError
 def restrict_parameters(model: nn.Module, towers: str, parameter_filter: str) -> dict:
     """Freeze every trainable parameter of ``model`` outside the scope, in place.
 
-    ``towers`` is ``both``, ``image`` or ``text``: a parameter is in scope when its tower (the
+    ``towers`` is ``both``, ``image`` or ``graph`` (the input tower) or ``text``: a parameter is in scope when its tower (the
     model's ``parameter_tower(name)``) is chosen; shared scalars (temperature, curvature) only
     with ``both``. ``parameter_filter`` further keeps only names it matches (``re.search``).
     Parameters that were already frozen stay frozen.
