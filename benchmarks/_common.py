@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import time
+
 import torch
 from torch.utils.benchmark import Timer
 
@@ -14,6 +16,7 @@ from vlunlearn.io import atomic_write_text
 from vlunlearn.methods import available_methods
 from vlunlearn.provenance import environment
 from vlunlearn.runs import write_json
+from vlunlearn.training.loop import _snapshot
 
 GEOMETRY_METHODS = {"euclidean": [m for m in available_methods() if m != "hac"], "lorentz": available_methods()}
 """The unlearning methods that run in each geometry (HAC needs hyperbolic space)."""
@@ -54,3 +57,21 @@ def write_results(json_path: Path, md_path: Path, payload: dict[str, Any], table
     write_json(json_path, {"environment": environment(), **payload})
     atomic_write_text(md_path, table)
     print(table, end="")
+
+
+def snapshot_cost(model, rounds: int = 3) -> tuple[float, float]:
+    """``(seconds, host MB)`` of one recovery snapshot of ``model`` with a stepped AdamW's state."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # creates the moments a snapshot copies
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        copy = _snapshot(model, optimizer, scheduler, 0, 1.0)
+        times.append(time.perf_counter() - started)
+    tensors = list(copy["model"].values()) + [v for state in copy["optimizer"]["state"].values()
+                                             for v in state.values() if isinstance(v, torch.Tensor)]
+    model.zero_grad(set_to_none=True)
+    return min(times), sum(t.numel() * t.element_size() for t in tensors) / 2**20

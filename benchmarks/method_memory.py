@@ -15,7 +15,8 @@ call's own extra memory); and each one's ratio to retrain's, measured in the sam
 time ratio of 0.05 means the method takes 5% of the time of retraining *with the short
 recipe*; the methods' step budgets do not depend on the recipe, so against the full recipe
 (468 steps) every time ratio is about ``--pretrain-steps`` / 468 times this one. Memory
-ratios do not depend on the number of steps.
+ratios do not depend on the number of steps. Also reported: the host memory and time of one NaN-recovery
+snapshot (weights and AdamW moments), which training takes every step for models of this size.
 
     python benchmarks/method_memory.py [--pretrain-steps 60] [--out benchmarks/results]
 
@@ -40,7 +41,7 @@ from vlunlearn.evaluation.oracle import peak_memory
 from vlunlearn.models import load_model, save_model
 from vlunlearn.training.pretrain import PretrainConfig, pretrain
 
-from _common import GEOMETRY_METHODS, cell, markdown_table, write_results
+from _common import GEOMETRY_METHODS, cell, markdown_table, snapshot_cost, write_results
 
 NAME = "method_memory"
 MB = 2**20
@@ -86,7 +87,7 @@ def main() -> None:
     forget = tuple(args.forget)
     recipes = {g: PretrainConfig(geometry=g, steps=args.pretrain_steps, seed=args.seed) for g in args.geometries}
 
-    rows = []
+    rows, snapshots = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for geometry, recipe in recipes.items():
             checkpoint = Path(folder) / geometry
@@ -96,6 +97,9 @@ def main() -> None:
                 measured[method] = in_fresh_process(measure, checkpoint, recipe, args.data, forget, method)
                 print(f"{geometry} {method}: {measured[method]}", flush=True)
             oracle = measured["retrain"]
+            seconds, host_mb = snapshot_cost(load_model(checkpoint))
+            snapshots[geometry] = {"seconds": seconds, "host_mb": host_mb,
+                                   "share_of_retrain_step": seconds / (oracle["seconds"] / oracle["steps"])}
             for method, cost in measured.items():
                 row = {"geometry": geometry, "method": method, **cost}
                 for key in ("seconds", "peak_bytes", "rise_bytes"):
@@ -110,8 +114,12 @@ def main() -> None:
               cell(row["rise_bytes"], ".0f", MB), cell(row["rise_bytes_ratio_to_retrain"], ".3f")] for row in rows]
     config = {**{k: v for k, v in vars(args).items() if k != "out"},
               "recipes": {g: recipe.to_dict() for g, recipe in recipes.items()}}
-    write_results(args.out / f"{NAME}.json", args.out / f"{NAME}.md", {"config": config, "rows": rows},
-                  markdown_table(header, cells, 2))
+    notes = "".join(
+        f"\nNaN-recovery snapshot ({geometry}, every step for this model): {s['host_mb']:.0f} MB of host memory and "
+        f"{1e3 * s['seconds']:.0f} ms per copy, {s['share_of_retrain_step']:.3f} of a retrain step.\n"
+        for geometry, s in snapshots.items())
+    write_results(args.out / f"{NAME}.json", args.out / f"{NAME}.md",
+                  {"config": config, "rows": rows, "snapshots": snapshots}, markdown_table(header, cells, 2) + notes)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_pretrain_writes_a_complete_results_file(meru_run):
     assert zero_shot["count"] == 360  # micro is a percentage of the 360 test images, not a fraction
     assert zero_shot["micro"] * 3.6 == pytest.approx(round(zero_shot["micro"] * 3.6), abs=1e-6)
     distances = record["metrics"]["distance_to_origin"]
-    assert set(distances) == {"generic", "family", "class", "images"}
+    assert set(distances) == {"generic", "family", "class", "inputs"}
     assert all(math.isfinite(v) and v > 0 for v in distances.values())
     assert math.isfinite(record["metrics"]["curvature"]) and record["metrics"]["curvature"] > 0
     assert f"{zero_shot['micro']:.2f}%" in stdout and str(out) in stdout

@@ -303,9 +303,9 @@ def test_zero_shot_and_hierarchy_diagnostics_accept_a_users_tree(tmp_path):
     torch.manual_seed(0)
     model, tokenizer = build_model("tiny", "lorentz").eval(), Tokenizer()
     by_level = distance_to_origin_by_level(model, data, tokenizer)
-    assert list(by_level) == ["level2", "family", "class", "images"] and all(math.isfinite(v) and v > 0 for v in by_level.values())
+    assert list(by_level) == ["level2", "family", "class", "inputs"] and all(math.isfinite(v) and v > 0 for v in by_level.values())
     own = load_image_text_folder(tmp_path, tmp_path / "ann.jsonl", 28)  # users' captions only: by position
-    assert list(distance_to_origin_by_level(model, own, tokenizer)) == ["level0", "images"]
+    assert list(distance_to_origin_by_level(model, own, tokenizer)) == ["level0", "inputs"]
     accuracy = evaluate_zero_shot(model, data, tokenizer)
     assert accuracy["count"] == 5 and 0 <= accuracy["micro"] <= 100
     landing = landing_metrics(model, data, tokenizer, [data.class_names[k] for k in data.labels.tolist()])

@@ -18,7 +18,7 @@ EVERY_MODEL = (
 )
 HYPERBOLIC = (
     "entailment_rate_forget", "entailment_rate_test_forget", "entailment_rate_retain", "d0_text_generic",
-    "d0_text_class", "d0_test_images", "d0_concept_seven", "d0_concept_one", "forget_image_d0",
+    "d0_text_class", "d0_test_inputs", "d0_concept_seven", "d0_concept_one", "forget_input_d0",
 )
 
 

@@ -215,8 +215,8 @@ def test_distance_to_origin_by_level_averages_the_distinct_captions_of_each_leve
     model = fake_model(LORENTZ, images, texts, c)
     result = distance_to_origin_by_level(model, data, FakeTokenizer(["generic.", "x.", "y."]))
     # level1 holds "x." (2) and "y." (3) once each, however often they occur
-    assert result == pytest.approx({"level0": 1.0, "level1": 2.5, "images": 5.0})
-    assert list(result) == ["level0", "level1", "images"]
+    assert result == pytest.approx({"level0": 1.0, "level1": 2.5, "inputs": 5.0})
+    assert list(result) == ["level0", "level1", "inputs"]
 
 
 def test_a_single_pair_is_measured():

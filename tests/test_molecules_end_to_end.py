@@ -50,6 +50,11 @@ def test_the_command_line_pretrains_a_graph_model_on_a_users_molecule_file(molec
     data = ["--data", str(tmp_path / "train.npz"), "--test-data", str(tmp_path / "test.npz")]
     assert main(["pretrain", *data, "--steps", "3", "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert "tiny-graph/euclidean" in capsys.readouterr().out
+    (tmp_path / "ids.txt").write_text(f"{train.ids[0]}\n{train.ids[5]}\n")
+    # without --data, unlearn reads the data the checkpoint was trained on (the two files)
+    assert main(["unlearn", "--checkpoint", str(tmp_path / "run" / "model"), "--forget-ids", str(tmp_path / "ids.txt"),
+                 "--method", "finetune", "--set", "steps=1", "--out", str(tmp_path / "forgot"), "--quiet"]) == 0
+    assert "forget 2 samples" in capsys.readouterr().out
     assert main(["pretrain", *data, "--model", "tiny", "--steps", "3", "--out", str(tmp_path / "wrong"), "--quiet"]) == 2
     assert "holds graphs but the model 'tiny' encodes images" in capsys.readouterr().err
     assert not (tmp_path / "wrong").exists()

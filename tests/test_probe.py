@@ -49,8 +49,8 @@ def test_a_tower_that_kept_its_classes_scores_100_and_a_noisy_one_near_chance(ge
     model, tokenizer, splits = _setup(geometry)
     assert len(splits.test_retain) == 3 * TEST_PER_CLASS  # c1..c3: chance is 1/3
     result = probe_metrics(model, splits, tokenizer)
-    assert set(result) == {"probe_image_retain", "probe_text_retain"}
-    assert result["probe_image_retain"] == 100.0
+    assert set(result) == {"probe_input_retain", "probe_text_retain"}
+    assert result["probe_input_retain"] == 100.0
     assert 10.0 < result["probe_text_retain"] < 60.0
 
 

@@ -29,7 +29,7 @@ def _artifacts(rng, n=6, shift=0.0, lorentz=False):
     a = rng.normal(size=(n, n)) * 0.1 + np.eye(n) * (0.5 - shift)
     art = {"alignment_matrix": a.tolist()}
     if lorentz:
-        art["image_d0"] = (rng.random(40) + 1.0 + shift).tolist()
+        art["input_d0"] = (rng.random(40) + 1.0 + shift).tolist()
         art["text_d0"] = (rng.random(40) + 0.5).tolist()
         art["disk_points"] = rng.uniform(-0.6, 0.6, size=(30, 2)).tolist()
         art["disk_labels"] = ["sneaker" if i % 2 else "boot" for i in range(30)]

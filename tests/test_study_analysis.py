@@ -44,7 +44,7 @@ def _hac_study():
             for geometry in ("euclidean", "lorentz"):
                 records.append(_record("original", geometry, seed, size, {
                     "zs_test_forget": 80.0, "zs_test_retain": 80.0, **_landing(0.9, 0.08, 0.02)},
-                    artifacts={"image_d0": [2.0, 2.1]} if geometry == "lorentz" else None))
+                    artifacts={"input_d0": [2.0, 2.1]} if geometry == "lorentz" else None))
                 records.append(_record("retrain", geometry, seed, size,
                                        {"zs_test_forget": 0.0, "zs_test_retain": 79.0}))
             ac = 30.0 + 2 * size
@@ -53,7 +53,7 @@ def _hac_study():
                 "zs_test_forget": ac, "zs_test_retain": 78.0, **_landing(0.3, 0.2, 0.5)}))
             records.append(_record("hac", "lorentz", seed, size, {
                 "zs_test_forget": hac, "zs_test_retain": 77.0 - 0.1 * seed,
-                **_landing(0.3, structured[seed], 0.7 - structured[seed])}, artifacts={"image_d0": [1.0, 1.2]}))
+                **_landing(0.3, structured[seed], 0.7 - structured[seed])}, artifacts={"input_d0": [1.0, 1.2]}))
             records.append(_record("hac-no-ec", "lorentz", seed, size, {
                 "zs_test_forget": hac + 10 + 0.2 * seed, "zs_test_retain": 77.0}, method="hac"))
             records.append(_record("hac-no-norm", "lorentz", seed, size, {
@@ -62,7 +62,7 @@ def _hac_study():
 
 
 def _sample_metrics(distinguishability, zs, rmean, probe):
-    return {"distinguishability": distinguishability, "zs_test_retain": zs, "probe_image_retain": probe,
+    return {"distinguishability": distinguishability, "zs_test_retain": zs, "probe_input_retain": probe,
             "probe_text_retain": probe, **dict.fromkeys(RETRIEVAL_TEST, rmean)}
 
 

@@ -26,8 +26,8 @@ EXPECTED = (
     | {f"tree_{m}" for m in ("tie", "lca", "jaccard", "hp", "hr")}
 )
 HYPERBOLIC = (
-    {"entailment_rate_forget", "entailment_rate_test_forget", "entailment_rate_retain", "forget_image_d0",
-     "d0_text_generic", "d0_text_family", "d0_text_class", "d0_test_images"}
+    {"entailment_rate_forget", "entailment_rate_test_forget", "entailment_rate_retain", "forget_input_d0",
+     "d0_text_generic", "d0_text_family", "d0_text_class", "d0_test_inputs"}
     | {f"d0_concept_{name}" for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")}
 )
 
@@ -111,7 +111,7 @@ def test_suite_passes_its_options_on(monkeypatch):
     assert landing_args[3] == ["seven"] * len(splits.forget)
     # multi-item scenes count for every class they show
     assert [kwargs for _, kwargs in calls["distance_to_origin_by_concept"]] == [{"group_by": "concepts"}]
-    assert metrics["d0_concept_seven"] == 2.0 and len(artifacts["image_d0"]) == len(splits.forget)
+    assert metrics["d0_concept_seven"] == 2.0 and len(artifacts["input_d0"]) == len(splits.forget)
 
 
 def test_a_sample_request_audits_alignment_without_contrast(monkeypatch):
@@ -133,7 +133,7 @@ def test_suite_reports_every_metric(geometry):
     assert set(metrics) == expected
     assert all(math.isfinite(value) for value in metrics.values())
     if geometry == "lorentz":
-        assert len(artifacts["image_d0"]) == len(splits.forget) and len(artifacts["traversals"]) == 3
+        assert len(artifacts["input_d0"]) == len(splits.forget) and len(artifacts["traversals"]) == 3
         assert all(t["path"][-1] == "[ROOT]" for t in artifacts["traversals"])
     scores = torch.tensor(artifacts["forget_pair_scores"], dtype=torch.float64)
     assert torch.allclose(scores, pair_scores(model, splits.forget, tokenizer), atol=1e-5)

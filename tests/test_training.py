@@ -440,6 +440,35 @@ def test_a_second_fault_stops_the_run_and_saves_the_last_good_state(tmp_path):
     assert _state_equal(saved["model"], model.state_dict())  # the model is left in its last good state
 
 
+def test_the_default_snapshot_interval_scales_with_the_model(monkeypatch):
+    from vlunlearn.training import loop
+
+    model = build_model("tiny", "euclidean")
+    assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2), model) == 1
+    assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2, snapshot_every=3), model) == 3
+    monkeypatch.setattr(loop, "SNAPSHOT_EVERY_STEP_PARAMS", model.num_parameters() - 1)  # "large" from here
+    assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2), model) == loop.SNAPSHOT_INTERVAL_LARGE
+    copies = []
+    monkeypatch.setattr(loop, "_snapshot", lambda *args: copies.append(args[3]) or {"step": args[3]})
+    train(model, _faulty_objective(set()), OptimConfig(steps=60, lr=1e-3), progress=False)
+    assert copies == [0, 25, 50]
+
+
+def test_snapshots_live_in_host_memory():
+    from vlunlearn.training.loop import _snapshot
+
+    model = build_model("tiny", "euclidean")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.logit_scale.grad = torch.ones(())
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    snapshot = _snapshot(model, optimizer, scheduler, 0, 1.0)
+    tensors = list(snapshot["model"].values()) + [v for state in snapshot["optimizer"]["state"].values()
+                                                  for v in state.values() if isinstance(v, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(snapshot["model"].values(), model.state_dict().values()))
+
+
 def test_without_snapshots_the_first_fault_stops_before_touching_the_weights():
     torch.manual_seed(0)
     model = build_model("tiny", "euclidean")

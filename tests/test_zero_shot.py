@@ -432,7 +432,7 @@ def test_distance_to_origin_by_level_on_a_tiny_meru(tokenizer, digits_test_small
     torch.manual_seed(0)
     model = build_model("tiny", "lorentz").eval()
     distances = distance_to_origin_by_level(model, digits_test_small, tokenizer)
-    assert list(distances) == ["generic", "family", "class", "images"]
+    assert list(distances) == ["generic", "family", "class", "inputs"]
     assert all(math.isfinite(d) and d > 0 for d in distances.values()), distances
     # each level is the mean over its distinct captions, computed here independently
     c = model.curvature().item()

@@ -42,9 +42,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     from vlunlearn.data.builtin import BUILTIN_DATASETS
 
     parser.add_argument(
-        "--data", default="fashion-mnist", metavar="NAME|FILE",
+        "--data", metavar="NAME|FILE",
         help=f"a built-in dataset ({', '.join(BUILTIN_DATASETS)}), an annotation file (CSV/JSONL: path, caption, "
-        "concepts, id; image paths relative to its folder), a WebDataset tar shard or a folder of shards",
+        "concepts, id; image paths relative to its folder), a WebDataset tar shard, a folder of shards or a .npz "
+        "of molecules (vlunlearn molecules); default: the data the checkpoint was trained on, else fashion-mnist",
     )
     parser.add_argument("--test-data", metavar="PATH", help="the held-out split of a user's --data, in the same form")
     parser.add_argument("--hierarchy", metavar="FILE", help="a user's concept hierarchy: child -> parent (CSV with "
@@ -99,5 +100,25 @@ def data_source(args: argparse.Namespace):
     """The :class:`~vlunlearn.data.sources.DataSource` of a command's data and zero-shot arguments."""
     from vlunlearn.data.sources import DataSource
 
+    if args.data is None:  # the data the (first) checkpoint records, as its pretraining or unlearning run named it
+        args.data, args.test_data = _recorded_data(args)
     return DataSource(args.data, test_data=args.test_data, hierarchy=args.hierarchy, level_captions=args.level_captions,
                       classes=getattr(args, "classes", None), workers=args.workers)
+
+
+def _recorded_data(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(data, test data)`` recorded in the metadata of the command's model folder (``--checkpoint``,
+    the first one when several, or ``--init``); ``("fashion-mnist", --test-data)`` without one."""
+    from vlunlearn.errors import CheckpointError
+    from vlunlearn.models import read_metadata
+
+    checkpoint = getattr(args, "checkpoint", None) or getattr(args, "init", None)
+    if isinstance(checkpoint, list):
+        checkpoint = checkpoint[0] if checkpoint else None
+    try:
+        recorded = read_metadata(checkpoint).get("data") or {} if checkpoint else {}
+    except CheckpointError:  # a MERU .pth or another file without vlunlearn metadata
+        recorded = {}
+    if isinstance(recorded.get("name"), str):
+        return recorded["name"], args.test_data or recorded.get("test_data")
+    return "fashion-mnist", args.test_data

@@ -13,7 +13,7 @@ from vlunlearn.evaluation import evaluate_splits, evaluate_zero_shot, retrieval_
 from vlunlearn.evaluation.zero_shot import check_templates, class_prompts
 from vlunlearn.evaluation.hierarchy import distance_to_origin_by_level
 from vlunlearn.evaluation.oracle import peak_memory
-from vlunlearn.evaluation.records import add_ratio_to_retrain, evaluate_group, forget_label
+from vlunlearn.evaluation.records import add_ratio_to_retrain, evaluate_group, forget_label, with_current_names
 from vlunlearn.methods.retrain import ORACLE, check_stated
 from vlunlearn.models import ContrastiveModel, load_any, read_metadata, save_model
 from vlunlearn.models.configs import model_config
@@ -369,7 +369,7 @@ def report_run(sources: list[Path], out: Path) -> dict:
             raise VlunlearnError(f"{path} is not a results.json file: {error}") from None
         hashes.append((document.get("data") or {}).get("train_hash"))
         modalities.add((document.get("data") or {}).get("modality", "image"))
-        records += _records_of(document, path)
+        records += [with_current_names(record) for record in _records_of(document, path)]
     if len(set(hashes)) > 1:
         raise VlunlearnError("these runs used different training data (their data hashes differ); report them separately")
     results = {

@@ -70,7 +70,8 @@ def load_data(
             test = replace(_relabel(test, train.class_names), hierarchy=None)
     if model_config is not None and getattr(model_config, "modality", "image") != train.modality:
         raise DataError(f"{data!r} holds {train.modality}s but the model {model_config.name!r} encodes "
-                        f"{model_config.modality}s; use a {train.modality} model (e.g. --model {default_model(data)})")
+                        f"{model_config.modality}s; use {'a graph' if train.modality == 'graph' else 'an image'} model "
+                        f"(e.g. --model {default_model(data)})")
     if classes is not None:
         train, test = restrict_classes(train, classes), _relabel(test, tuple(classes))
     return train, test

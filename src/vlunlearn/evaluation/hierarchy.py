@@ -31,13 +31,14 @@ def _require_hyperbolic(model) -> None:
 
 @torch.no_grad()
 def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) -> dict[str, float]:
-    """Mean distance to the origin of the distinct captions at each caption level, and of the images.
+    """Mean distance to the origin of the distinct captions at each caption level, and of the inputs
+    (images or graphs, key ``"inputs"``).
 
     When the data has a hierarchy and items with a caption for each of its
     ``caption_levels`` (generic -> specific), those items' captions are measured by level and
     named by it (users' own captions after them are left out). Otherwise caption position
     ``i`` of every item is ``level{i}``, up to the fewest captions an item has. In a model
-    that learned the hierarchy the means rise with specificity, and images (the most
+    that learned the hierarchy the means rise with specificity, and the inputs (the most
     specific items) lie furthest out.
     """
     _require_hyperbolic(model)
@@ -51,7 +52,7 @@ def distance_to_origin_by_level(model, data: PairDataset, tokenizer: Tokenizer) 
     for level, name in enumerate(names):
         texts = sorted({captions[level] for captions in rows})
         result[name] = lorentz.dist_to_origin(encode_texts(model, tokenizer, texts), c).mean().item()
-    result["images"] = lorentz.dist_to_origin(encode_inputs(model, data), c).mean().item()
+    result["inputs"] = lorentz.dist_to_origin(encode_inputs(model, data), c).mean().item()
     return result
 
 

@@ -77,7 +77,7 @@ def probe_metrics(
     """k-NN accuracy (percent) of each tower's embeddings: fitted on D_r, scored on test-retain.
 
     At most ``max_items`` labelled items of each split are used (a seeded draw). Returns
-    ``probe_image_retain`` and ``probe_text_retain`` (NaN when either split has no labelled item).
+    ``probe_input_retain`` and ``probe_text_retain`` (NaN when either split has no labelled item).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -85,9 +85,9 @@ def probe_metrics(
     fit = _labelled_sample(splits.retain, max_items, generator)
     score = _labelled_sample(splits.test_retain, max_items, generator)
     if len(fit) == 0 or len(score) == 0:
-        return {"probe_image_retain": math.nan, "probe_text_retain": math.nan}
+        return {"probe_input_retain": math.nan, "probe_text_retain": math.nan}
     towers = {
-        "probe_image_retain": lambda data: encode_inputs(model, data),
+        "probe_input_retain": lambda data: encode_inputs(model, data),
         "probe_text_retain": lambda data: _caption_embeddings(model, tokenizer, data),
     }
     return {name: knn_accuracy(model, encode(fit), fit.labels, encode(score), score.labels, k)

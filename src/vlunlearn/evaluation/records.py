@@ -10,7 +10,25 @@ from tqdm.auto import tqdm
 
 from vlunlearn.data import PairDataset, Tokenizer
 
-DISK_SAMPLE = 300  # test images drawn in the Poincare-disk view
+DISK_SAMPLE = 300  # test inputs drawn in the Poincare-disk view
+# metric and artifact names of records written before graph inputs, when they named images
+RENAMED = {"probe_image_retain": "probe_input_retain", "forget_image_d0": "forget_input_d0",
+           "d0_test_images": "d0_test_inputs", "image_d0": "input_d0"}
+
+
+def with_current_names(record: dict) -> dict:
+    """``record`` with the metric and artifact names of :data:`RENAMED` (and their ``_low``,
+    ``_high``, ... variants) under today's names; other records come back unchanged."""
+    def renamed(values):
+        if not isinstance(values, dict):
+            return values
+        out = {}
+        for key, value in values.items():
+            old = next((name for name in RENAMED if key == name or key.startswith(name + "_")), None)
+            out[RENAMED[old] + key[len(old):] if old else key] = value
+        return out
+
+    return {**record, **{part: renamed(record[part]) for part in ("metrics", "artifacts") if part in record}}
 
 
 def disk_sample(test_data: PairDataset, seed: int) -> PairDataset:

@@ -157,13 +157,13 @@ def _hyperbolic(model, splits: UnlearningSplits, test: PairDataset, retain_sampl
         metrics["entailment_rate_test_forget"] = entailment_rate(model, splits.test_forget, tokenizer)
     else:
         skipped["entailment_rate_test_forget"] = "the test forget split is empty"
-    by_level = distance_to_origin_by_level(model, test, tokenizer)  # caption levels, then "images"
-    metrics.update({"d0_test_images" if level == "images" else f"d0_text_{level}": d0 for level, d0 in by_level.items()})
+    by_level = distance_to_origin_by_level(model, test, tokenizer)  # caption levels, then "inputs"
+    metrics.update({"d0_test_inputs" if level == "inputs" else f"d0_text_{level}": d0 for level, d0 in by_level.items()})
     by_concept = distance_to_origin_by_concept(model, test, tokenizer, group_by="concepts")
     metrics.update({f"d0_concept_{name}": value for name, value in by_concept.items()})
     d0 = lorentz.dist_to_origin(encode_inputs(model, splits.forget), model.curvature())
-    metrics["forget_image_d0"] = d0.mean().item()
-    artifacts = {"image_d0": d0.tolist()}
+    metrics["forget_input_d0"] = d0.mean().item()
+    artifacts = {"input_d0": d0.tolist()}
     if splits.forget.hierarchy is not None:
         artifacts["traversals"] = traversal_examples(model, splits.forget, tokenizer, count=TRAVERSALS)
     return metrics, artifacts, skipped

@@ -53,7 +53,7 @@ DETAIL_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("TIE", "tree_tie", 2),
     ("entail D_f", "entailment_rate_forget", 2),
     ("entail test forget", "entailment_rate_test_forget", 2),
-    ("D_f d0", "forget_image_d0", 2),
+    ("D_f d0", "forget_input_d0", 2),
 )
 INTERVALS = {"mia_calibrated_auc": "mia_calibrated_auc", "mia_auc": "mia_auc"}  # keys with a bootstrap interval
 NOT_MEASURED = "Not measured on this data (left out, shown as –), and why:"

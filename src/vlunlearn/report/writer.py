@@ -144,7 +144,7 @@ def _draw_figures(records: Sequence[Mapping[str, Any]], figure_dir: Path) -> tup
         else:
             skipped.append(f"alignment heatmaps of {label}: no record has an alignment matrix")
         if geometry == "lorentz":
-            d0 = {str(r.get("method")): _artifact(r, "image_d0") for r in order_methods(group) if _has(r, "image_d0")}
+            d0 = {str(r.get("method")): _artifact(r, "input_d0") for r in order_methods(group) if _has(r, "input_d0")}
             if d0:
                 path = name_for("d0", model, geometry, forget)
                 title = f"Forget inputs' distance to the origin: {label}"
@@ -174,7 +174,7 @@ def write_report(results: Mapping[str, Any], out: Path) -> list[Path]:
     a ``schema_version`` key is replaced by the current one). Figures, per (model, geometry,
     forget) group: ``alignment_<geometry>_<forget>.png`` (records with
     ``artifacts.alignment_matrix``), ``d0_<geometry>_<forget>.png`` (Lorentz groups, from
-    ``artifacts.image_d0``), ``disk_<geometry>_<forget>.png`` (``artifacts.disk_points``, with
+    ``artifacts.input_d0``), ``disk_<geometry>_<forget>.png`` (``artifacts.disk_points``, with
     ``disk_prompt_points``/``disk_prompt_labels`` when present);
     and ``scatter.png`` over the records with test-forget and test-retain accuracy. When two
     groups would share a file name the model name is added. A figure without inputs is left

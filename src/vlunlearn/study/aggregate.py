@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlunlearn.evaluation.oracle import as_number
+from vlunlearn.evaluation.records import with_current_names
 from vlunlearn.report.merge import seed_spread
 
 __all__ = ["load_records", "summarise", "paired_effect", "field", "select", "spread", "metric_value", "sort_order",
@@ -52,7 +53,7 @@ def load_records(out: str | Path) -> tuple[list[dict], list[dict]]:
         record, failed = cell / "record.json", cell / "failed.json"
         try:
             if record.is_file():
-                records.append(_read(record))
+                records.append(with_current_names(_read(record)))
             elif failed.is_file():
                 failures.append(_read(failed))
         except (OSError, ValueError) as error:

@@ -25,7 +25,7 @@ geometry, seed and request draw, against that draw's original and retrained cell
   the forget gap to the oracle plus the retain accuracy lost;
 - sample requests (MultiDelete): ``100 (1 - distinguishability)`` (deletion shortfall) plus the
   losses against the original in ``zs_test_retain``, ``retrieval_test_rmean`` (mean test
-  Recall@1/5/10 both ways) and the mean of ``probe_image_retain`` and ``probe_text_retain``
+  Recall@1/5/10 both ways) and the mean of ``probe_input_retain`` and ``probe_text_retain``
   (multimodal and unimodal retention).
 """
 
@@ -148,7 +148,7 @@ def _reference(index: Mapping[tuple, Record], label: str, record: Record) -> Rec
 
 def _retention(record: Record) -> list[float | None]:
     """Zero-shot test-retain %, mean test recall and mean unimodal probe % of a record (``None`` when missing)."""
-    probes = [metric_value(record, name) for name in ("probe_image_retain", "probe_text_retain")]
+    probes = [metric_value(record, name) for name in ("probe_input_retain", "probe_text_retain")]
     return [metric_value(record, "zs_test_retain"), metric_value(record, "retrieval_test_rmean"),
             None if None in probes else sum(probes) / 2]
 

@@ -38,14 +38,14 @@ MISSING = "–"
 KEY_COLUMNS: dict[str, tuple[tuple[str, str, int], ...]] = {  # request kind: (header, metric, decimals)
     "concepts": (("test forget %", "zs_test_forget", 1), ("test retain %", "zs_test_retain", 1),
                  ("MIA AUC", "mia_auc", 3), ("lands same", "landing_same", 2), ("lands other", "landing_other", 2),
-                 ("D_f image d0", "forget_image_d0", 2), ("probe image %", "probe_image_retain", 1),
+                 ("D_f d0", "forget_input_d0", 2), ("probe input %", "probe_input_retain", 1),
                  ("seconds", "seconds", 1)),
     "samples": (("distinguish.", "distinguishability", 3), ("test retain %", "zs_test_retain", 1),
-                ("R mean test", "retrieval_test_rmean", 1), ("probe image %", "probe_image_retain", 1),
+                ("R mean test", "retrieval_test_rmean", 1), ("probe input %", "probe_input_retain", 1),
                 ("probe text %", "probe_text_retain", 1), ("MIA AUC", "mia_auc", 3), ("seconds", "seconds", 1)),
 }
 CURVES = {"concepts": ("zs_test_forget", "zs_test_retain"),
-          "samples": ("distinguishability", "zs_test_retain", "retrieval_test_rmean", "probe_image_retain",
+          "samples": ("distinguishability", "zs_test_retain", "retrieval_test_rmean", "probe_input_retain",
                       "probe_text_retain")}
 LANDING = ("same", "sibling", "parent", "child", "other")
 PERCENT_PREFIXES = ("zs_", "probe_", "retrieval_")  # metrics in 0..100
@@ -287,7 +287,7 @@ def _hierarchy_view(records: Sequence[Record], path: Path) -> Path | None:
     d0 = {}
     for label, when in (("original", "before"), ("hac", "after")):
         values = [x for r in select(concepts, {"geometry": "lorentz", "label": label})
-                  for x in (r.get("artifacts") or {}).get("image_d0") or []]
+                  for x in (r.get("artifacts") or {}).get("input_d0") or []]
         if values:
             d0[f"{label} ({when})"] = values
     if not shares and not d0:

@@ -31,7 +31,7 @@ from vlunlearn.study.report import write_study_report
 from vlunlearn.study.spec import StudySpec
 
 EXECUTORS = ("local", "slurm")
-KEPT_ARTIFACTS = ("image_d0", "metrics_not_applicable")  # small enough for every record
+KEPT_ARTIFACTS = ("input_d0", "metrics_not_applicable")  # small enough for every record
 ORACLE_SCORES = "forget_pair_scores"  # kept in retrain records only: the D_f pair scores of the KS test
 
 
