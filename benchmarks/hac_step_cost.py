@@ -11,14 +11,15 @@ captions of four concepts; the costs do not depend on what the pixels show):
   regularisation and calibration targets).
 
 A step's time is the difference between a run of ``--warmup + --steps`` steps and one of
-``--warmup`` steps, divided by ``--steps`` (set-up, copies and the first steps' allocations cancel).
+``--warmup`` steps, divided by ``--steps`` (set-up, copies and the first steps' allocations cancel),
+after a discarded first run (one-time costs: the tokenizer, kernels, the allocator's first growth).
 Peak memory (``vlunlearn.evaluation.oracle.peak_memory``): ``torch.cuda.max_memory_allocated`` of
 the longer run on CUDA, the rise of the process's resident memory on CPU. Snapshot: the time and host bytes of one NaN-recovery copy of the
 model and its AdamW state (``vlunlearn.training.loop._snapshot``) and the default interval for the
 model (``snapshot_interval``), as a share of a contrastive step.
 
     python benchmarks/hac_step_cost.py                                   # on a GPU: meru-vit-l, 256, bf16
-    python benchmarks/hac_step_cost.py --device cpu --model tiny --batch 64 --precision fp32   # dry run
+    python benchmarks/hac_step_cost.py --device cpu --model tiny --batch 64 --precision fp32 --steps 20  # dry run
 
 Writes ``hac_step_cost_<device>.json`` (environment, config, raw numbers) and ``.md``. Target:
 hac / contrastive <= 1.3 on the GPU.
@@ -95,6 +96,7 @@ def main() -> None:
     }
     rows = {}
     for name, (method, sizes) in batches.items():
+        run(model, splits, method, args.warmup, sizes, args.precision, args.device)  # first-call costs, discarded
         short, _ = run(model, splits, method, args.warmup, sizes, args.precision, args.device)
         long, peak = run(model, splits, method, args.warmup + args.steps, sizes, args.precision, args.device)
         rows[name] = {"method": method, "batches": sizes, "step_seconds": (long - short) / args.steps, "peak_mb": peak}

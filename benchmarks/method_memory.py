@@ -16,7 +16,7 @@ time ratio of 0.05 means the method takes 5% of the time of retraining *with the
 recipe*; the methods' step budgets do not depend on the recipe, so against the full recipe
 (468 steps) every time ratio is about ``--pretrain-steps`` / 468 times this one. Memory
 ratios do not depend on the number of steps. Also reported: the host memory and time of one NaN-recovery
-snapshot (weights and AdamW moments), which training takes every step for models of this size.
+snapshot (weights and AdamW moments), which training takes every 10 steps for models of this size.
 
     python benchmarks/method_memory.py [--pretrain-steps 60] [--out benchmarks/results]
 
@@ -115,7 +115,7 @@ def main() -> None:
     config = {**{k: v for k, v in vars(args).items() if k != "out"},
               "recipes": {g: recipe.to_dict() for g, recipe in recipes.items()}}
     notes = "".join(
-        f"\nNaN-recovery snapshot ({geometry}, every step for this model): {s['host_mb']:.0f} MB of host memory and "
+        f"\nNaN-recovery snapshot ({geometry}): {s['host_mb']:.0f} MB of host memory and "
         f"{1e3 * s['seconds']:.0f} ms per copy, {s['share_of_retrain_step']:.3f} of a retrain step.\n"
         for geometry, s in snapshots.items())
     write_results(args.out / f"{NAME}.json", args.out / f"{NAME}.md",

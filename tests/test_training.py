@@ -444,14 +444,14 @@ def test_the_default_snapshot_interval_scales_with_the_model(monkeypatch):
     from vlunlearn.training import loop
 
     model = build_model("tiny", "euclidean")
-    assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2), model) == 1
+    assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2), model) == loop.SNAPSHOT_INTERVAL_SMALL == 10
     assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2, snapshot_every=3), model) == 3
-    monkeypatch.setattr(loop, "SNAPSHOT_EVERY_STEP_PARAMS", model.num_parameters() - 1)  # "large" from here
+    monkeypatch.setattr(loop, "SMALL_MODEL_PARAMS", model.num_parameters() - 1)  # "large" from here
     assert loop.snapshot_interval(OptimConfig(steps=1, lr=1e-2), model) == loop.SNAPSHOT_INTERVAL_LARGE
     copies = []
     monkeypatch.setattr(loop, "_snapshot", lambda *args: copies.append(args[3]) or {"step": args[3]})
-    train(model, _faulty_objective(set()), OptimConfig(steps=60, lr=1e-3), progress=False)
-    assert copies == [0, 25, 50]
+    train(model, _faulty_objective(set()), OptimConfig(steps=120, lr=1e-3), progress=False)
+    assert copies == [0, 50, 100]
 
 
 def test_snapshots_live_in_host_memory():
