@@ -537,3 +537,23 @@ def test_euclidean_geometry():
     mean = EUCLIDEAN.mean(x, None)
     torch.testing.assert_close(mean, expected)
     torch.testing.assert_close(mean.norm(), torch.tensor(1.0, dtype=F64))
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 4.0])
+def test_the_fused_pairwise_distance_matches_the_formula_and_its_gradients(scale):
+    """``pairwise_dist`` (a hand-written backward) against the same formula through autograd:
+    values, gradients for both point sets and the curvature, clamped entries included."""
+    generator = torch.Generator().manual_seed(7)
+    x = (torch.randn(6, 5, generator=generator, dtype=torch.float64) * scale).requires_grad_()
+    y = torch.cat([x.detach()[:2], torch.randn(4, 5, generator=generator, dtype=torch.float64) * scale]).requires_grad_()
+    c = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lorentz.pairwise_dist, (x, y, c))
+    assert torch.autograd.gradcheck(lorentz.pairwise_neg_dist, (x, y, c))
+    reference = lorentz._arcosh_distance(lorentz.pairwise_inner(x, y, c), c)
+    fused = lorentz.pairwise_dist(x, y, c)
+    weights = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(lorentz.pairwise_neg_dist(x, y, c), -reference)
+    for got, expected in zip(torch.autograd.grad((fused * weights).sum(), (x, y, c)),
+                             torch.autograd.grad((reference * weights).sum(), (x, y, c))):
+        torch.testing.assert_close(got, expected)

@@ -76,7 +76,7 @@ class _Lorentz(Geometry):
         return lorentz.exp_map0(features * scale, c)
 
     def pairwise_similarity(self, x, y, c):
-        return -lorentz.pairwise_dist(x, y, c)
+        return lorentz.pairwise_neg_dist(x, y, c)
 
     def paired_similarity(self, x, y, c):
         return -lorentz.paired_dist(x, y, c)

@@ -69,8 +69,55 @@ def _arcosh_distance(inner: Tensor, c: Tensor) -> Tensor:
 
 @float32_island
 def pairwise_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
-    """Geodesic distance ``arcosh(-c <x, y>_L) / sqrt(c)``. ``(B1, D), (B2, D) -> (B1, B2)``."""
-    return _arcosh_distance(pairwise_inner(x, y, c), _as_tensor(c, x))
+    """Geodesic distance ``arcosh(-c <x, y>_L) / sqrt(c)``. ``(B1, D), (B2, D) -> (B1, B2)``.
+
+    The same formula and clamp as :func:`paired_dist`, computed by :class:`_PairwiseDist`: the
+    contrastive losses take it over whole batches, where autograd's chain of elementwise
+    ``(B1, B2)`` temporaries would cost more than the matrix product itself."""
+    return _PairwiseDist.apply(x, y, _as_tensor(c, x), 1.0)
+
+
+@float32_island
+def pairwise_neg_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
+    """``-pairwise_dist(x, y, c)``, the similarity a contrastive loss ranks by, without a separate
+    negation pass over the ``(B1, B2)`` matrix (forward and backward)."""
+    return _PairwiseDist.apply(x, y, _as_tensor(c, x), -1.0)
+
+
+class _PairwiseDist(torch.autograd.Function):
+    """``sign * pairwise_dist`` (``sign`` is +1 or -1) with the time components folded into one
+    matrix product, ``-c <x, y>_L = [c x, c x_t] . [-y, y_t]``, and a hand-written backward that
+    keeps two ``(B1, B2)`` buffers (the clamped argument ``z`` and the output) instead of autograd's chain."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, c: Tensor, sign: float) -> Tensor:
+        tx, ty = time_component(x, c), time_component(y, c)  # (B1,), (B2,)
+        z = torch.cat([c * x, c * tx[:, None]], 1) @ torch.cat([-y, ty[:, None]], 1).T  # -c <x, y>_L
+        z.clamp_(min=1 + EPS)
+        out = torch.acosh(z).mul_(sign / torch.sqrt(c))
+        ctx.save_for_backward(x, y, c, tx, ty, z, out)
+        ctx.sign = sign
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, y, c, tx, ty, z, out = ctx.saved_tensors
+        # g = d loss / dz = sign * grad / (sqrt(c) sqrt(z^2 - 1)), zero where the clamp holds z at 1 + EPS
+        g = z.square().sub_(1).rsqrt_().mul_(grad).mul_(ctx.sign / torch.sqrt(c)).masked_fill_(z <= 1 + EPS, 0)
+        grad_x = grad_y = grad_c = None
+        # z = c (x_t y_t - x . y) and d x_t / d x = x / x_t
+        if ctx.needs_input_grad[0]:
+            m = g @ torch.cat([y, ty[:, None]], 1)  # (B1, D + 1)
+            grad_x = c * (m[:, -1:] * x / tx[:, None] - m[:, :-1])
+        if ctx.needs_input_grad[1]:
+            m = g.T @ torch.cat([x, tx[:, None]], 1)  # (B2, D + 1)
+            grad_y = c * (m[:, -1:] * y / ty[:, None] - m[:, :-1])
+        if ctx.needs_input_grad[2]:
+            # d = arcosh(z) / sqrt(c): -d / (2c) from the divisor; through z = c w, dz/dc = w + c dw/dc with
+            # w = z / c where unclamped and c dw/dc = -(y_t / x_t + x_t / y_t) / (2c)
+            grad_c = (-torch.dot(grad.reshape(-1), out.reshape(-1)) + 2 * torch.dot(g.reshape(-1), z.reshape(-1))
+                      - ((g @ ty) / tx).sum() - (tx * (g @ (1 / ty))).sum()) / (2 * c)
+        return grad_x, grad_y, grad_c, None
 
 
 @float32_island
