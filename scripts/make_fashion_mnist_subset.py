@@ -32,11 +32,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from vlunlearn.io import atomic_write_npz
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "vlunlearn" / "data" / "assets" / "fashion_mnist_subset.npz"
@@ -70,19 +70,6 @@ def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` with fixed member timestamps, so the bytes are reproducible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue(), compresslevel=9)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with the IDX .gz files")
@@ -99,7 +86,7 @@ def main() -> None:
         arrays[f"{split}_images"] = images[keep]
         arrays[f"{split}_labels"] = labels[keep]
         print(f"{split}: {keep.size} of {labels.size} images ({per_class} per class)")
-    write_npz(args.out, arrays)
+    atomic_write_npz(args.out, arrays, date_time=FIXED_DATE, compresslevel=9)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     print(f"sha256 {digest}")

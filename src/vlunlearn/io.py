@@ -10,13 +10,17 @@ it was.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import zipfile
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_path", "temporary_sibling"]
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_npz", "atomic_write_text", "fsync_path", "temporary_sibling"]
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
@@ -93,3 +97,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (no newline translation)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+                     date_time: tuple[int, ...] = (1980, 1, 1, 0, 0, 0), compresslevel: int | None = None) -> None:
+    """``numpy.savez_compressed`` with every member stamped ``date_time`` (numpy stamps the
+    current time), so that the same arrays give the same bytes; written atomically."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=date_time)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue(), compresslevel=compresslevel)

@@ -51,11 +51,8 @@ and class names. Zip entries carry fixed timestamps, so the same data gives the 
 from __future__ import annotations
 
 import functools
-import io
 import json
-import os
 import re
-import secrets
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -68,6 +65,7 @@ from vlunlearn.data.datasets import PairDataset
 from vlunlearn.data.graphs import GraphSet
 from vlunlearn.data.hierarchy import ConceptHierarchy
 from vlunlearn.errors import DataError
+from vlunlearn.io import atomic_write_npz
 
 __all__ = ["MOLECULES_FILE", "SPLITS", "load_molecules", "molecules_hierarchy", "read_molecules", "write_molecules"]
 
@@ -77,7 +75,6 @@ FORMAT = "vlunlearn-molecules"
 VERSION = 1
 GRAPH_ARRAYS = ("node_features", "edge_index", "edge_features", "node_offsets", "edge_offsets")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 # ---------------------------------------------------------------- the built-in dataset
@@ -182,7 +179,7 @@ def write_molecules(datasets: PairDataset | Mapping[str, PairDataset], path: str
         for key, tensor in graphs.to_arrays().items():
             arrays[f"{split}/{key}"] = _compact(tensor.cpu().numpy())
     arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), np.uint8)
-    _write_zip(arrays, path)
+    atomic_write_npz(path, arrays)
     return path
 
 
@@ -191,24 +188,6 @@ def _compact(array: np.ndarray) -> np.ndarray:
     if array.size == 0 or array.min() < 0:
         return array.astype(np.int64)
     return array.astype(np.min_scalar_type(int(array.max())))
-
-
-def _write_zip(arrays: Mapping[str, np.ndarray], path: Path) -> None:
-    """``np.savez_compressed`` with fixed entry timestamps, written to a temporary file and renamed."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with temporary.open("xb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
-            for key, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, buffer.getvalue())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _read_archive(handle: IO[bytes], where: str) -> tuple[dict, dict[str, np.ndarray]]:
