@@ -32,9 +32,7 @@ refinement) counts only instances that its family (or class) matched. Left out:
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -47,6 +45,7 @@ from vlunlearn.data.graphs import GraphSet
 from vlunlearn.data.hierarchy import ConceptHierarchy, fill
 from vlunlearn.data.molecules import molecules_hierarchy, read_molecules, write_molecules
 from vlunlearn.data.tokenizer import Tokenizer
+from vlunlearn.data.tables import header_rows
 from vlunlearn.errors import DataError
 
 __all__ = [
@@ -414,24 +413,10 @@ def _smi_rows(text: str) -> list[dict[str, str]]:
 
 
 def _table_rows(path: Path, text: str, delimiter: str) -> list[dict[str, str]]:
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    rows, header = [], None
-    try:
-        for cells in reader:
-            where = f"{path}, line {reader.line_num}"
-            if not any(cell.strip() for cell in cells):
-                continue
-            if header is None:
-                header = [cell.strip().lower() for cell in cells]
-                if "smiles" not in header:
-                    raise DataError(f"{where}: expected a header with a smiles column, not {delimiter.join(cells)!r}")
-                continue
-            if len(cells) != len(header):
-                raise DataError(f"{where}: {len(cells)} fields, but the header has {len(header)}")
-            row = {key: cells[header.index(key)].strip() for key in ("smiles", "caption", "id") if key in header}
-            if not row["smiles"]:
-                raise DataError(f"{where}: the smiles field is empty")
-            rows.append({key: value for key, value in row.items() if value})
-    except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})") from error
+    rows = []
+    for where, cells in header_rows(path, text, delimiter, ("smiles",), "a smiles column"):
+        row = {key: cells[key].strip() for key in ("smiles", "caption", "id") if key in cells}
+        if not row["smiles"]:
+            raise DataError(f"{where}: the smiles field is empty")
+        rows.append({key: value for key, value in row.items() if value})
     return rows

@@ -10,8 +10,6 @@ text entails image".
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import random
 import re
@@ -22,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vlunlearn.data.tables import header_rows
 from vlunlearn.errors import DataError, RequestError
 
 LEVELS = ("generic", "family", "class")
@@ -309,24 +308,8 @@ def read_hierarchy_edges(path: Path) -> Edges:
 
 def _table_pairs(path: Path, text: str, delimiter: str) -> list[tuple[str, str, str]]:
     """(child, parent, where) of each row of a CSV or TSV file with ``child`` and ``parent`` columns."""
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    pairs, header = [], None
-    try:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                header = [cell.strip().lower() for cell in row]
-                if "child" not in header or "parent" not in header:
-                    raise DataError(f"{where}: expected a header with the columns child and parent, not {delimiter.join(row)!r}")
-            elif len(row) != len(header):
-                raise DataError(f"{where}: {len(row)} fields, but the header has {len(header)}")
-            else:
-                pairs.append((row[header.index("child")], row[header.index("parent")], where))
-    except csv.Error as error:
-        raise DataError(f"{path}, line {reader.line_num}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})") from error
-    return pairs
+    rows = header_rows(path, text, delimiter, ("child", "parent"), "the columns child and parent")
+    return [(row["child"], row["parent"], where) for where, row in rows]
 
 
 def _json(path: Path, text: str):
