@@ -46,8 +46,6 @@ class ContrastiveModel(nn.Module):
         super().__init__()
         self.config = config
         self.root_embedding: Tensor | None = None
-        self.modality = config.modality
-        self.input_name = "graph" if config.modality == "graph" else "visual"  # prefix of the input tower's names
         if config.modality == "graph":
             self.graph = GraphEncoder(config.node_vocab, config.edge_vocab, config.graph_width, config.graph_depth)
             input_width = config.graph_width
@@ -92,9 +90,19 @@ class ContrastiveModel(nn.Module):
         return self.curv.exp() if self.config.hyperbolic else None
 
     @property
+    def modality(self) -> str:
+        """``image`` or ``graph``: what the input tower encodes."""
+        return self.config.modality
+
+    @property
+    def input_name(self) -> str:
+        """The prefix of the input tower's parameter names: ``visual`` or ``graph``."""
+        return "graph" if self.modality == "graph" else "visual"
+
+    @property
     def input_tower(self) -> nn.Module:
         """The tower of the non-text side: the ViT, or the graph encoder."""
-        return getattr(self, "graph" if self.modality == "graph" else "visual")
+        return getattr(self, self.input_name)
 
     @property
     def input_tower_proj(self) -> nn.Linear:
@@ -120,9 +128,16 @@ class ContrastiveModel(nn.Module):
 
     def encode_graph(self, graphs: GraphSet, project: bool = True) -> Tensor:
         """A batch of ``B`` graphs -> ``(B, embed_dim)``: message passing, mean pooling and
-        ``graph_proj``; ``project`` as in :meth:`encode_image`, with ``graph_alpha``."""
+        ``graph_proj``; ``project`` as in :meth:`encode_image`, with ``graph_alpha``.
+
+        A GraphSet was checked when it was made, so only its vocabularies are compared with the
+        tower's here, not every feature of every batch."""
+        if (graphs.node_vocab, graphs.edge_vocab) != (self.graph.node_vocab, self.graph.edge_vocab):
+            raise ValueError(f"the graphs have feature vocabularies {graphs.node_vocab} / {graphs.edge_vocab}, the "
+                             f"{self.config.name!r} model {self.graph.node_vocab} / {self.graph.edge_vocab}")
         flat = graphs.to(self.graph_proj.weight.device).flat()
-        features = self.graph_proj(self.graph(flat.nodes, flat.edges, flat.edge_features, flat.graph_index, flat.num_graphs))
+        features = self.graph_proj(self.graph(flat.nodes, flat.edges, flat.edge_features, flat.graph_index,
+                                              flat.num_graphs, check=False))
         if not project:
             return features
         return self.geometry.embed(features, scale=self._scale("graph_alpha"), c=self.curvature())

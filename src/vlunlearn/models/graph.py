@@ -191,9 +191,11 @@ class GraphEncoder(nn.Module):
                 nn.init.zeros_(module.eps)
 
     def forward(
-        self, nodes: Tensor, edges: Tensor, edge_features: Tensor, graph_index: Tensor, num_graphs: int
+        self, nodes: Tensor, edges: Tensor, edge_features: Tensor, graph_index: Tensor, num_graphs: int,
+        check: bool = True,
     ) -> Tensor:
-        check_graph_batch(nodes, edges, edge_features, graph_index, num_graphs, self.node_vocab, self.edge_vocab)
+        if check:  # callers holding a checked GraphSet of this vocabulary skip it (a pass over the batch per step)
+            check_graph_batch(nodes, edges, edge_features, graph_index, num_graphs, self.node_vocab, self.edge_vocab)
         h = _embed_sum(self.node_embed, nodes)
         for layer in self.layers:
             if self.grad_checkpointing and torch.is_grad_enabled():
