@@ -52,10 +52,9 @@ def input_keys(inputs: Tensor | GraphSet) -> list[tuple]:
     its bytes)``; for graphs, ``("graph", digest of its nodes, edges and features)``."""
     if isinstance(inputs, GraphSet):
         return [("graph", key) for key in inputs.graph_keys()]
-    images = inputs
-    flat = images.detach().cpu().contiguous().reshape(images.shape[0], -1)
+    flat = inputs.detach().cpu().contiguous().reshape(inputs.shape[0], -1)
     raw = flat.view(torch.uint8).numpy()  # (B, bytes per image), any dtype (bfloat16 included)
-    shape, dtype = tuple(images.shape[1:]), str(images.dtype)
+    shape, dtype = tuple(inputs.shape[1:]), str(inputs.dtype)
     return [(dtype, shape, hashlib.blake2b(row.tobytes(), digest_size=16).digest()) for row in raw]
 
 

@@ -86,13 +86,14 @@ def pairwise_neg_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
 
 class _PairwiseDist(torch.autograd.Function):
     """``sign * pairwise_dist`` (``sign`` is +1 or -1) with the time components folded into one
-    matrix product, ``-c <x, y>_L = [c x, c x_t] . [-y, y_t]``, and a hand-written backward that
+    matrix product, ``-c <x, y>_L = c [x, x_t] . [-y, y_t]``, and a hand-written backward that
     keeps two ``(B1, B2)`` buffers (the clamped argument ``z`` and the output) instead of autograd's chain."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, c: Tensor, sign: float) -> Tensor:
         tx, ty = time_component(x, c), time_component(y, c)  # (B1,), (B2,)
-        z = torch.cat([c * x, c * tx[:, None]], 1) @ torch.cat([-y, ty[:, None]], 1).T  # -c <x, y>_L
+        # -c <x, y>_L; c applied after the product, so that swapping x and y gives the same bits
+        z = (torch.cat([x, tx[:, None]], 1) @ torch.cat([-y, ty[:, None]], 1).T).mul_(c)
         z.clamp_(min=1 + EPS)
         out = torch.acosh(z).mul_(sign / torch.sqrt(c))
         ctx.save_for_backward(x, y, c, tx, ty, z, out)
