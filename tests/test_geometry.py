@@ -11,7 +11,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vlunlearn.geometry import EUCLIDEAN, LORENTZ, euclidean, get_geometry, lorentz
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ, blocks, euclidean, get_geometry, lorentz
 
 F64 = torch.float64
 CURVATURES = [0.1, 1.0, 10.0]
@@ -539,10 +539,13 @@ def test_euclidean_geometry():
     torch.testing.assert_close(mean.norm(), torch.tensor(1.0, dtype=F64))
 
 
+@pytest.mark.parametrize("block_elements", [7, blocks.BLOCK_ELEMENTS])
 @pytest.mark.parametrize("scale", [0.05, 1.0, 4.0])
-def test_the_fused_pairwise_distance_matches_the_formula_and_its_gradients(scale):
+def test_the_fused_pairwise_distance_matches_the_formula_and_its_gradients(scale, block_elements, monkeypatch):
     """``pairwise_dist`` (a hand-written backward) against the same formula through autograd:
-    values, gradients for both point sets and the curvature, clamped entries included."""
+    values, gradients for both point sets and the curvature, clamped entries included, with
+    the matrix in one block of rows and in blocks of one row (7 elements, 6 columns)."""
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", block_elements)
     generator = torch.Generator().manual_seed(7)
     x = (torch.randn(6, 5, generator=generator, dtype=torch.float64) * scale).requires_grad_()
     y = torch.cat([x.detach()[:2], torch.randn(4, 5, generator=generator, dtype=torch.float64) * scale]).requires_grad_()
@@ -557,3 +560,21 @@ def test_the_fused_pairwise_distance_matches_the_formula_and_its_gradients(scale
     for got, expected in zip(torch.autograd.grad((fused * weights).sum(), (x, y, c)),
                              torch.autograd.grad((reference * weights).sum(), (x, y, c))):
         torch.testing.assert_close(got, expected)
+
+
+def test_the_fused_pairwise_distance_in_float32_is_zero_with_zero_gradient_on_the_clamp():
+    """In float32 ``1 + EPS`` rounds to 1, so coincident points at (or within 1e-4 of) the origin
+    sit on the clamp: their distance is 0 and contributes no gradient (autograd through
+    ``torch.acosh`` would give inf * 0 = NaN); every other entry matches float64."""
+    generator = torch.Generator().manual_seed(3)
+    near_origin = torch.cat([torch.zeros(1, 8, dtype=F64), torch.full((1, 8), 1e-5, dtype=F64)])
+    x64 = torch.cat([near_origin, lorentz.exp_map0(torch.randn(3, 8, generator=generator, dtype=F64), 1.0)])
+    y64 = torch.cat([near_origin, lorentz.exp_map0(torch.randn(3, 8, generator=generator, dtype=F64), 1.0)])
+    x, y = x64.float().requires_grad_(), y64.float().requires_grad_()
+    distance = lorentz.pairwise_dist(x, y, 1.0)
+    assert distance[0, 0] == 0 and distance[1, 1] == 0
+    torch.testing.assert_close(distance.double(), lorentz.pairwise_dist(x64, y64, 1.0), rtol=1e-5, atol=2e-4)
+    on_the_clamp = torch.zeros(5, 5)
+    on_the_clamp[0, 0] = on_the_clamp[1, 1] = 1.0
+    grad_x, grad_y = torch.autograd.grad((distance * on_the_clamp).sum(), (x, y))
+    assert torch.equal(grad_x, torch.zeros_like(grad_x)) and torch.equal(grad_y, torch.zeros_like(grad_y))

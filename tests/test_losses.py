@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vlunlearn.geometry import EUCLIDEAN, LORENTZ, lorentz
+from vlunlearn.geometry import EUCLIDEAN, LORENTZ, blocks, lorentz
 from vlunlearn.training.losses import (
     contrastive_logits,
     contrastive_loss,
@@ -40,6 +40,40 @@ def test_pairwise_loss_with_custom_targets_uses_those_columns():
     swapped = pairwise_contrastive_loss(logits, torch.tensor([1, 0]))
     diagonal = pairwise_contrastive_loss(logits)
     assert (swapped < 0.01).all() and (diagonal > 4.9).all()
+
+
+def _cross_entropy_both_ways(logits, targets):
+    """The loss as two ``F.cross_entropy`` calls, the definition the fused one must match."""
+    input_to_text = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (input_to_text + torch.nn.functional.cross_entropy(logits.T, targets, reduction="none")) / 2
+
+
+@pytest.mark.parametrize("block_elements", [5, blocks.BLOCK_ELEMENTS])
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_pairwise_loss_matches_cross_entropy_both_ways_with_its_gradient(n, block_elements, monkeypatch):
+    """Values and gradients (under random per-pair weights, so every row and column counts)
+    against ``F.cross_entropy``, diagonal and permuted targets, in one block and in blocks of one row."""
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", block_elements)
+    generator = torch.Generator().manual_seed(n)
+    logits = (torch.randn(n, n, generator=generator, dtype=torch.float64) * 6).requires_grad_()
+    weights = torch.randn(n, generator=generator, dtype=torch.float64)
+    for targets in (torch.arange(n), torch.randperm(n, generator=generator)):
+        fused, expected = pairwise_contrastive_loss(logits, targets), _cross_entropy_both_ways(logits, targets)
+        torch.testing.assert_close(fused, expected)
+        torch.testing.assert_close(torch.autograd.grad((fused * weights).sum(), logits)[0],
+                                   torch.autograd.grad((expected * weights).sum(), logits)[0])
+    small = logits[:5, :5].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: pairwise_contrastive_loss(x, targets[targets < 5]), (small,))
+
+
+def test_pairwise_loss_takes_half_precision_in_float32_and_refuses_non_square_logits():
+    logits = torch.randn(6, 6).bfloat16().requires_grad_()
+    loss = pairwise_contrastive_loss(logits)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, _cross_entropy_both_ways(logits.float(), torch.arange(6)))
+    assert torch.autograd.grad(loss.sum(), logits)[0].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="square"):
+        pairwise_contrastive_loss(torch.randn(3, 4))
 
 
 def test_euclidean_logits_are_scaled_cosines():

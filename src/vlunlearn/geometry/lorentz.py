@@ -18,6 +18,8 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
+from vlunlearn.geometry.blocks import row_blocks
+
 EPS = 1e-8
 MIN_RADIUS = 0.1  # K in the half-aperture formula
 _SINH_MAX = math.asinh(2.0**15)
@@ -85,39 +87,55 @@ def pairwise_neg_dist(x: Tensor, y: Tensor, c: float | Tensor) -> Tensor:
 
 
 class _PairwiseDist(torch.autograd.Function):
-    """``sign * pairwise_dist`` (``sign`` is +1 or -1) with the time components folded into one
-    matrix product, ``-c <x, y>_L = c [x, x_t] . [-y, y_t]``, and a hand-written backward that
-    keeps two ``(B1, B2)`` buffers (the clamped argument ``z`` and the output) instead of autograd's chain."""
+    """``sign * pairwise_dist`` (``sign`` is +1 or -1) as one matrix product and one in-place
+    chain per block of rows, with a hand-written backward that keeps one ``(B1, B2)`` buffer.
+
+    With ``t = z - 1 = c (x_t y_t - x . y) - 1`` (one product of ``[sqrt(c) x, sqrt(c) x_t, 1]``
+    and ``[-sqrt(c) y, sqrt(c) y_t, -1]``: the same products whichever of x and y comes first) and
+    ``s = sqrt(t (t + 2)) = sqrt(z^2 - 1)``: ``arcosh z = log1p(t + s)``, accurate near z = 1
+    (``torch.acosh`` is several times slower on a CPU), and ``d arcosh z / dz = 1 / s``, saved as
+    ``-1 / s`` (0 where the clamp holds z at 1 + EPS) for the backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, c: Tensor, sign: float) -> Tensor:
         tx, ty = time_component(x, c), time_component(y, c)  # (B1,), (B2,)
-        # -c <x, y>_L; c applied after the product, so that swapping x and y gives the same bits
-        z = (torch.cat([x, tx[:, None]], 1) @ torch.cat([-y, ty[:, None]], 1).T).mul_(c)
-        z.clamp_(min=1 + EPS)
-        out = torch.acosh(z).mul_(sign / torch.sqrt(c))
-        ctx.save_for_backward(x, y, c, tx, ty, z, out)
+        rc = torch.sqrt(c)
+        a = torch.cat([rc * x, rc * tx[:, None], x.new_ones(len(x), 1)], 1)  # (B1, D + 2)
+        b = torch.cat([-rc * y, rc * ty[:, None], -y.new_ones(len(y), 1)], 1)  # (B2, D + 2)
+        t = a @ b.T
+        z = t + 1 if ctx.needs_input_grad[2] else None  # only the curvature's gradient needs z
+        t_min = float(torch.tensor(1 + EPS, dtype=t.dtype) - 1)  # the clamp z >= 1 + EPS, as this dtype rounds it
+        r_min = float(1 / torch.tensor(t_min * (t_min + 2), dtype=t.dtype).sqrt())  # 1 / s at the clamp
+        neg_rs = torch.empty_like(t)
+        for rows in row_blocks(*t.shape, t.device):
+            block = t[rows].clamp_(min=t_min)
+            s = torch.mul(block, 2, out=neg_rs[rows]).addcmul_(block, block).sqrt_()
+            block.add_(s).log1p_().mul_(sign / rc)
+            # -1 / s, set to 0 at the clamp: there -1/s == -r_min, below it everywhere else
+            torch.nn.functional.threshold_(s.reciprocal_().neg_(), -r_min, 0.0)
+        ctx.save_for_backward(x, y, c, tx, ty, neg_rs, t, z)
         ctx.sign = sign
-        return out
+        return t
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x, y, c, tx, ty, z, out = ctx.saved_tensors
-        # g = d loss / dz = sign * grad / (sqrt(c) sqrt(z^2 - 1)), zero where the clamp holds z at 1 + EPS
-        g = z.square().sub_(1).rsqrt_().mul_(grad).mul_(ctx.sign / torch.sqrt(c)).masked_fill_(z <= 1 + EPS, 0)
+        x, y, c, tx, ty, neg_rs, out, z = ctx.saved_tensors
+        # d loss / dz = k * g, with the scalar k applied to the (B, D) products, not to the (B1, B2) matrix
+        g = torch.mul(grad, neg_rs)
+        k = -ctx.sign / torch.sqrt(c)
         grad_x = grad_y = grad_c = None
         # z = c (x_t y_t - x . y) and d x_t / d x = x / x_t
         if ctx.needs_input_grad[0]:
             m = g @ torch.cat([y, ty[:, None]], 1)  # (B1, D + 1)
-            grad_x = c * (m[:, -1:] * x / tx[:, None] - m[:, :-1])
+            grad_x = (c * k) * (m[:, -1:] * x / tx[:, None] - m[:, :-1])
         if ctx.needs_input_grad[1]:
             m = g.T @ torch.cat([x, tx[:, None]], 1)  # (B2, D + 1)
-            grad_y = c * (m[:, -1:] * y / ty[:, None] - m[:, :-1])
+            grad_y = (c * k) * (m[:, -1:] * y / ty[:, None] - m[:, :-1])
         if ctx.needs_input_grad[2]:
             # d = arcosh(z) / sqrt(c): -d / (2c) from the divisor; through z = c w, dz/dc = w + c dw/dc with
-            # w = z / c where unclamped and c dw/dc = -(y_t / x_t + x_t / y_t) / (2c)
-            grad_c = (-torch.dot(grad.reshape(-1), out.reshape(-1)) + 2 * torch.dot(g.reshape(-1), z.reshape(-1))
-                      - ((g @ ty) / tx).sum() - (tx * (g @ (1 / ty))).sum()) / (2 * c)
+            # w = z / c and c dw/dc = -(y_t / x_t + x_t / y_t) / (2c)
+            grad_c = (-torch.dot(grad.reshape(-1), out.reshape(-1)) + 2 * k * torch.dot(g.reshape(-1), z.reshape(-1))
+                      - k * ((g @ ty) / tx).sum() - k * (tx * (g @ (1 / ty))).sum()) / (2 * c)
         return grad_x, grad_y, grad_c, None
 
 

@@ -6,11 +6,13 @@ and MERU (negative geodesic distance).
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vlunlearn.geometry import lorentz
+from vlunlearn.geometry.blocks import row_blocks
 
 
 def contrastive_logits(model, input_emb: Tensor, text_emb: Tensor) -> Tensor:
@@ -23,13 +25,47 @@ def pairwise_contrastive_loss(logits: Tensor, targets: Tensor | None = None) -> 
     """Symmetric cross-entropy per pair: ``l_i = (CE(row i) + CE(column i)) / 2``.
 
     ``logits`` is ``(B, B)`` input-to-text; ``targets`` (B,) gives the column of each
-    row's positive (default: the diagonal). Returns ``(B,)``.
+    row's positive (default: the diagonal), and so the row of each column's. Returns ``(B,)``.
+    Half-precision logits are computed on in float32.
     """
     if targets is None:
         targets = torch.arange(logits.shape[0], device=logits.device)
-    input_to_text = F.cross_entropy(logits, targets, reduction="none")
-    text_to_input = F.cross_entropy(logits.T, targets, reduction="none")
-    return (input_to_text + text_to_input) / 2
+    return _SymmetricCrossEntropy.apply(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, targets)
+
+
+class _SymmetricCrossEntropy(torch.autograd.Function):
+    """``pairwise_contrastive_loss`` with log-sum-exps over rows and columns and a backward that
+    writes the one ``(B, B)`` gradient block by block: the same values as ``F.cross_entropy``
+    on ``logits`` and ``logits.T``, without its transposed copies and one-hot buffers."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        n = logits.shape[0]
+        if logits.shape != (n, n) or targets.shape != (n,):
+            raise ValueError(f"need square logits and one target per row, got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        row_lse = logits.new_empty(n)
+        column_lse = logits.new_full((n,), -math.inf)
+        for rows in row_blocks(n, n, logits.device):
+            row_lse[rows] = torch.logsumexp(logits[rows], 1)
+            column_lse = torch.logaddexp(column_lse, torch.logsumexp(logits[rows], 0))
+        index = torch.arange(n, device=logits.device)
+        ctx.save_for_backward(logits, row_lse, column_lse, targets)
+        return (row_lse - logits[index, targets] + column_lse - logits[targets, index]) / 2
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, row_lse, column_lse, targets = ctx.saved_tensors
+        half = grad / 2
+        # d sum_i grad_i l_i: row i gets half_i (softmax(row i) - onehot(targets_i)), column j half_j (softmax(column j) - onehot(targets_j))
+        grad_logits, blocks = torch.empty_like(logits), row_blocks(*logits.shape, logits.device)
+        scratch = logits.new_empty(logits[blocks[0]].shape) if blocks else None
+        for rows in blocks:
+            block = torch.sub(logits[rows], row_lse[rows, None], out=grad_logits[rows]).exp_().mul_(half[rows, None])
+            block.add_(torch.sub(logits[rows], column_lse, out=scratch[: len(block)]).exp_().mul_(half))
+        index = torch.arange(len(targets), device=logits.device)
+        grad_logits.index_put_((index, targets), -half, accumulate=True)
+        grad_logits.index_put_((targets, index), -half, accumulate=True)
+        return grad_logits, None
 
 
 def contrastive_loss(model, input_emb: Tensor, text_emb: Tensor) -> Tensor:
