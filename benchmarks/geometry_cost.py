@@ -1,9 +1,10 @@
 """Cost of hyperbolic (Lorentz) against Euclidean (cosine) similarity in contrastive training.
 
-For each batch size B, two ops are timed with ``torch.utils.benchmark.Timer`` in float32:
+For each batch size B, three ops are timed with ``torch.utils.benchmark.Timer`` in float32:
 ``similarity``, the ``(B, B)`` pairwise similarity matrix (cosine, or negative geodesic
-distance with curvature c = 1), and ``loss``, the symmetric contrastive loss forward and
-backward to both embedding batches. Cosine inputs are unit vectors; Lorentz inputs are
+distance with curvature c = 1); ``loss``, the symmetric contrastive loss forward and
+backward to both embedding batches; and ``loss, learned scale and c``, the same with the
+gradients of the logit scale and (Lorentz) the curvature, as in pretraining. Cosine inputs are unit vectors; Lorentz inputs are
 ``exp_map0`` of random tangent vectors of norm about 1. The two geometries alternate within
 every round (``--rounds``), so both see the same machine state; a round's value is the
 median of a ``blocked_autorange``. Runs on CPU, and on CUDA when available.
@@ -46,24 +47,33 @@ def embeddings(geometry: Geometry, batch: int, dim: int, device: str, generator:
 
 
 def ops(geometry: Geometry, batch: int, dim: int, device: str, seed: int) -> dict[str, Callable[[], object]]:
-    """The timed closures of one geometry: the similarity matrix, and the loss forward + backward."""
+    """The timed closures of one geometry: the similarity matrix; the loss forward + backward to
+    the embeddings; and the same with the gradients of the logit scale and the curvature, which
+    pretraining learns."""
     generator = torch.Generator().manual_seed(seed)
     image = embeddings(geometry, batch, dim, device, generator).requires_grad_(True)
     text = embeddings(geometry, batch, dim, device, generator).requires_grad_(True)
-    curvature = torch.tensor(CURVATURE, device=device) if geometry.hyperbolic else None
-    # The three attributes contrastive_loss reads from a model, and nothing else.
-    model = SimpleNamespace(
-        geometry=geometry, curvature=lambda: curvature, logit_scale=torch.tensor(math.log(1 / 0.07), device=device)
-    )
+
+    def model(learned: bool) -> SimpleNamespace:
+        """The three attributes contrastive_loss reads from a model, and nothing else."""
+        curvature = torch.tensor(CURVATURE, device=device, requires_grad=learned) if geometry.hyperbolic else None
+        scale = torch.tensor(math.log(1 / 0.07), device=device, requires_grad=learned)
+        return SimpleNamespace(geometry=geometry, curvature=lambda: curvature, logit_scale=scale)
+
+    fixed, learned = model(False), model(True)
+    learned_wrt = (image, text, learned.logit_scale) + ((learned.curvature(),) if geometry.hyperbolic else ())
 
     def similarity() -> Tensor:
         with torch.no_grad():
-            return geometry.pairwise_similarity(image, text, curvature)
+            return geometry.pairwise_similarity(image, text, fixed.curvature())
 
     def loss() -> tuple[Tensor, ...]:
-        return torch.autograd.grad(contrastive_loss(model, image, text), (image, text))
+        return torch.autograd.grad(contrastive_loss(fixed, image, text), (image, text))
 
-    return {"similarity": similarity, "loss": loss}
+    def loss_learned() -> tuple[Tensor, ...]:
+        return torch.autograd.grad(contrastive_loss(learned, image, text), learned_wrt)
+
+    return {"similarity": similarity, "loss": loss, "loss, learned scale and c": loss_learned}
 
 
 def autorange(fn: Callable[[], object], min_run_time: float) -> Callable[[], float]:
@@ -77,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--dim", type=int, default=512, help="embedding dimension")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurements per geometry and op")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved measurements per geometry and op")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per blocked_autorange")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -88,7 +98,7 @@ def main() -> None:
     for device in devices:
         for batch in args.batches:
             closures = {g.name: ops(g, batch, args.dim, device, args.seed) for g in (EUCLIDEAN, LORENTZ)}
-            for op in ("similarity", "loss"):
+            for op in closures["euclidean"]:
                 measurements = {geometry: autorange(fns[op], args.min_run_time) for geometry, fns in closures.items()}
                 seconds = interleaved(measurements, args.rounds)
                 ratios = [h / e for h, e in zip(seconds["lorentz"], seconds["euclidean"])]

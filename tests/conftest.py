@@ -1,4 +1,5 @@
-"""Shared test set-up: offline, and a fixed thread count so timings and reductions are stable.
+"""Shared test set-up: offline, huge pages as the ``vlunlearn`` command uses them, and a fixed
+thread count so timings and reductions are stable.
 
 The count comes from the environment variable ``VLUNLEARN_TEST_THREADS`` (default 2). It is set
 when pytest imports this file, before any test runs: with ``torch.set_num_threads`` here and as
@@ -10,6 +11,7 @@ import os
 TEST_THREADS = int(os.environ.get("VLUNLEARN_TEST_THREADS", "2"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge pages for large CPU tensors, as the CLI sets them
 
 
 import pytest  # noqa: E402

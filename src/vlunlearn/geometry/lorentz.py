@@ -90,39 +90,50 @@ class _PairwiseDist(torch.autograd.Function):
     """``sign * pairwise_dist`` (``sign`` is +1 or -1) as one matrix product and one in-place
     chain per block of rows, with a hand-written backward that keeps one ``(B1, B2)`` buffer.
 
-    With ``t = z - 1 = c (x_t y_t - x . y) - 1`` (one product of ``[sqrt(c) x, sqrt(c) x_t, 1]``
-    and ``[-sqrt(c) y, sqrt(c) y_t, -1]``: the same products whichever of x and y comes first) and
+    With ``z = -c <x, y>_L = c [x, x_t] . [-y, y_t]``, ``t = z - 1`` and
     ``s = sqrt(t (t + 2)) = sqrt(z^2 - 1)``: ``arcosh z = log1p(t + s)``, accurate near z = 1
-    (``torch.acosh`` is several times slower on a CPU), and ``d arcosh z / dz = 1 / s``, saved as
-    ``-1 / s`` (0 where the clamp holds z at 1 + EPS) for the backward."""
+    (``torch.acosh`` is several times slower on a CPU), and ``d arcosh z / dz = 1 / s``, saved
+    as ``-1 / s`` (0 where the clamp holds z at 1 + EPS) for the backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, c: Tensor, sign: float) -> Tensor:
         tx, ty = time_component(x, c), time_component(y, c)  # (B1,), (B2,)
-        rc = torch.sqrt(c)
-        a = torch.cat([rc * x, rc * tx[:, None], x.new_ones(len(x), 1)], 1)  # (B1, D + 2)
-        b = torch.cat([-rc * y, rc * ty[:, None], -y.new_ones(len(y), 1)], 1)  # (B2, D + 2)
-        t = a @ b.T
-        z = t + 1 if ctx.needs_input_grad[2] else None  # only the curvature's gradient needs z
-        t_min = float(torch.tensor(1 + EPS, dtype=t.dtype) - 1)  # the clamp z >= 1 + EPS, as this dtype rounds it
-        r_min = float(1 / torch.tensor(t_min * (t_min + 2), dtype=t.dtype).sqrt())  # 1 / s at the clamp
-        neg_rs = torch.empty_like(t)
-        for rows in row_blocks(*t.shape, t.device):
-            block = t[rows].clamp_(min=t_min)
+        # -<x, y>_L as one product; c applied after it, so that swapping x and y gives the same bits
+        z = torch.cat([x, tx[:, None]], 1) @ torch.cat([-y, ty[:, None]], 1).T
+        t_min = float(torch.tensor(1 + EPS, dtype=z.dtype) - 1)  # the clamp z >= 1 + EPS, as this dtype rounds it
+        r_min = float(1 / torch.tensor(t_min * (t_min + 2), dtype=z.dtype).sqrt())  # 1 / s at the clamp
+        neg_rs = torch.empty_like(z)
+        for rows in row_blocks(*z.shape, z.device):
+            block = z[rows].mul_(c).sub_(1).clamp_(min=t_min)  # t = z - 1
             s = torch.mul(block, 2, out=neg_rs[rows]).addcmul_(block, block).sqrt_()
-            block.add_(s).log1p_().mul_(sign / rc)
+            block.add_(s).log1p_().mul_(sign / torch.sqrt(c))
             # -1 / s, set to 0 at the clamp: there -1/s == -r_min, below it everywhere else
             torch.nn.functional.threshold_(s.reciprocal_().neg_(), -r_min, 0.0)
-        ctx.save_for_backward(x, y, c, tx, ty, neg_rs, t, z)
+        ctx.save_for_backward(x, y, c, tx, ty, neg_rs, z)
         ctx.sign = sign
-        return t
+        return z  # now the output: its buffer was overwritten block by block
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x, y, c, tx, ty, neg_rs, out, z = ctx.saved_tensors
+        x, y, c, tx, ty, neg_rs, out = ctx.saved_tensors
         # d loss / dz = k * g, with the scalar k applied to the (B, D) products, not to the (B1, B2) matrix
-        g = torch.mul(grad, neg_rs)
         k = -ctx.sign / torch.sqrt(c)
+        g, blocks = torch.empty_like(neg_rs), row_blocks(*neg_rs.shape, neg_rs.device)
+        if ctx.needs_input_grad[2]:
+            # d = arcosh(z) / sqrt(c): -d / (2c) from the divisor; through z = c w, dz/dc = w + c dw/dc with
+            # w = z / c and c dw/dc = -(y_t / x_t + x_t / y_t) / (2c). Summed block by block, while in cache.
+            by_out = by_z = by_time = torch.zeros((), dtype=g.dtype, device=g.device)
+            scratch, times = neg_rs.new_empty(neg_rs[blocks[0]].shape), torch.stack([ty, 1 / ty], 1)  # (B2, 2)
+        for rows in blocks:
+            g_rows = torch.mul(grad[rows], neg_rs[rows], out=g[rows])
+            if ctx.needs_input_grad[2]:
+                # z = sqrt(1 + s^2) from -1/s; infinite on the clamp, where g is 0, so capped to stay finite
+                z = torch.reciprocal(neg_rs[rows], out=scratch[: len(g_rows)]).square_().add_(1).sqrt_()
+                z.clamp_(max=torch.finfo(z.dtype).max)
+                by_out = by_out + torch.dot(grad[rows].reshape(-1), out[rows].reshape(-1))
+                by_z = by_z + torch.dot(g_rows.reshape(-1), z.reshape(-1))
+                m = g_rows @ times  # (rows, 2)
+                by_time = by_time + (m[:, 0] / tx[rows]).sum() + (tx[rows] * m[:, 1]).sum()
         grad_x = grad_y = grad_c = None
         # z = c (x_t y_t - x . y) and d x_t / d x = x / x_t
         if ctx.needs_input_grad[0]:
@@ -132,10 +143,7 @@ class _PairwiseDist(torch.autograd.Function):
             m = g.T @ torch.cat([x, tx[:, None]], 1)  # (B2, D + 1)
             grad_y = (c * k) * (m[:, -1:] * y / ty[:, None] - m[:, :-1])
         if ctx.needs_input_grad[2]:
-            # d = arcosh(z) / sqrt(c): -d / (2c) from the divisor; through z = c w, dz/dc = w + c dw/dc with
-            # w = z / c and c dw/dc = -(y_t / x_t + x_t / y_t) / (2c)
-            grad_c = (-torch.dot(grad.reshape(-1), out.reshape(-1)) + 2 * k * torch.dot(g.reshape(-1), z.reshape(-1))
-                      - k * ((g @ ty) / tx).sum() - k * (tx * (g @ (1 / ty))).sum()) / (2 * c)
+            grad_c = (-by_out + k * (2 * by_z - by_time)) / (2 * c)
         return grad_x, grad_y, grad_c, None
 
 
