@@ -67,8 +67,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, w = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, Dh)
+        # unbind, not qkv[0], qkv[1], qkv[2]: one backward (a stack) instead of three zero-filled (3, B, H, N, Dh) buffers
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, w))
 
 
