@@ -443,7 +443,8 @@ def test_property_distance_symmetry(batches, c):
     # Symmetric up to the rounding of -c <x, y>_L, a sum of D + 1 products up to c x_t y_t each
     # (a matrix product may sum them in another order once x and y swap), through
     # |arcosh(z1) - arcosh(z2)| <= sqrt(2 |z1 - z2|): wide only for far, nearly coincident points.
-    rounding = 4 * (x.shape[1] + 1) * torch.finfo(F64).eps * c * torch.outer(lorentz.time_component(x, c), lorentz.time_component(y, c))
+    times = torch.outer(lorentz.time_component(x, c), lorentz.time_component(y, c))
+    rounding = 4 * (x.shape[1] + 1) * torch.finfo(F64).eps * c * times
     gap = (dxy - lorentz.pairwise_dist(y, x, c).T).abs()
     assert (gap <= torch.sqrt(2 * rounding / c) + 1e-12 * (1 + dxy)).all()
     k = min(len(x), len(y))

@@ -166,7 +166,8 @@ def test_an_existing_output_folder_is_refused_unless_resuming(workspace, tmp_pat
 def test_a_diverging_run_stops_and_keeps_its_last_good_state(workspace, tmp_path, capsys):
     out = tmp_path / "run"
     before = snapshot(workspace)
-    code = main([*_digits(workspace, "--forget", "seven", "--set", "lr=1e30"), "--out", str(out)])
+    with pytest.warns(UserWarning, match="restored the state of step 0 and halved the learning rate"):
+        code = main([*_digits(workspace, "--forget", "seven", "--set", "lr=1e30"), "--out", str(out)])
     error = capsys.readouterr().err
     assert code == 2 and "not finite" in error and "lower the learning rate" in error, error
     state = torch.load(out / "train_state.pt", weights_only=True)

@@ -26,11 +26,13 @@ def pairwise_contrastive_loss(logits: Tensor, targets: Tensor | None = None) -> 
 
     ``logits`` is ``(B, B)`` input-to-text; ``targets`` (B,) gives the column of each
     row's positive (default: the diagonal), and so the row of each column's. Returns ``(B,)``.
-    Half-precision logits are computed on in float32.
+    Half-precision logits are upcast to float32 first.
     """
     if targets is None:
         targets = torch.arange(logits.shape[0], device=logits.device)
-    return _SymmetricCrossEntropy.apply(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, targets)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return _SymmetricCrossEntropy.apply(logits, targets)
 
 
 class _SymmetricCrossEntropy(torch.autograd.Function):
@@ -42,7 +44,8 @@ class _SymmetricCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
         n = logits.shape[0]
         if logits.shape != (n, n) or targets.shape != (n,):
-            raise ValueError(f"need square logits and one target per row, got {tuple(logits.shape)} and {tuple(targets.shape)}")
+            raise ValueError(f"need square logits and one target per row, "
+                             f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
         row_lse = logits.new_empty(n)
         column_lse = logits.new_full((n,), -math.inf)
         for rows in row_blocks(n, n, logits.device):
@@ -56,7 +59,8 @@ class _SymmetricCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         logits, row_lse, column_lse, targets = ctx.saved_tensors
         half = grad / 2
-        # d sum_i grad_i l_i: row i gets half_i (softmax(row i) - onehot(targets_i)), column j half_j (softmax(column j) - onehot(targets_j))
+        # the gradient of sum_i grad_i l_i: row i gets half_i (softmax(row i) - onehot(targets_i)),
+        # column j gets half_j (softmax(column j) - onehot(targets_j))
         grad_logits, blocks = torch.empty_like(logits), row_blocks(*logits.shape, logits.device)
         scratch = logits.new_empty(logits[blocks[0]].shape) if blocks else None
         for rows in blocks:
