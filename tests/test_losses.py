@@ -66,6 +66,18 @@ def test_pairwise_loss_matches_cross_entropy_both_ways_with_its_gradient(n, bloc
     assert torch.autograd.gradcheck(lambda x: pairwise_contrastive_loss(x, targets[targets < 5]), (small,))
 
 
+def test_pairwise_loss_with_masked_entries_matches_cross_entropy_in_blocks_of_one_row(monkeypatch):
+    """AC masks logits with -inf; a column masked over a whole block of rows (here rows 0-2 of
+    column 3, blocks of one row) must not turn its log-sum-exp into NaN."""
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 5)
+    logits = torch.randn(5, 5, dtype=torch.float64)
+    logits[:3, 3] = logits[4, 0] = float("-inf")
+    logits.requires_grad_()
+    fused, expected = pairwise_contrastive_loss(logits), _cross_entropy_both_ways(logits, torch.arange(5))
+    torch.testing.assert_close(fused, expected)
+    torch.testing.assert_close(torch.autograd.grad(fused.sum(), logits)[0], torch.autograd.grad(expected.sum(), logits)[0])
+
+
 def test_pairwise_loss_takes_half_precision_in_float32_and_refuses_non_square_logits():
     logits = torch.randn(6, 6).bfloat16().requires_grad_()
     loss = pairwise_contrastive_loss(logits)
