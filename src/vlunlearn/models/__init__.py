@@ -3,16 +3,10 @@ and an adapter for open_clip models (open_clip itself is imported only by :func:
 
 from __future__ import annotations
 
-from vlunlearn.models.checkpoint import (
-    export_meru_checkpoint,
-    import_meru_checkpoint,
-    load_any,
-    load_model,
-    read_metadata,
-    save_model,
-)
+from vlunlearn.models.checkpoint import load_any, load_model, read_metadata, save_model
 from vlunlearn.models.configs import MODEL_NAMES, ModelConfig, model_config
 from vlunlearn.models.contrastive import ContrastiveModel
+from vlunlearn.models.meru_format import export_meru_checkpoint, import_meru_checkpoint
 from vlunlearn.models.open_clip_adapter import OpenClipAdapter, load_open_clip
 from vlunlearn.models.text import TextTransformer
 from vlunlearn.models.vit import VisionTransformer
