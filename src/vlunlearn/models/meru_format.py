@@ -6,11 +6,8 @@ such as ``iteration`` or ``optimizer``, are ignored; CLIP checkpoints carry ``ro
 becomes :attr:`ContrastiveModel.root_embedding`) or of a bare state dict, read with
 ``weights_only=True``. :func:`export_meru_checkpoint` writes ``{"model": state_dict}`` plus
 ``root`` when the model has one and ``vlunlearn_config`` (the :class:`ModelConfig` as a
-plain dict, which MERU's loader ignores), so any model round-trips exactly.
-
-Loading never trusts a file: keys and shapes are checked strictly and every failure is a
-:class:`~vlunlearn.errors.CheckpointError` that names the file and what is wrong.
-``pixel_mean`` and ``pixel_std`` come from the checkpoint's buffers.
+plain dict, which MERU's loader ignores), so any model round-trips exactly. Files are checked
+as strictly as native ones (every failure a :class:`~vlunlearn.errors.CheckpointError`).
 """
 
 from __future__ import annotations
