@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vlunlearn.errors import ConfigError, DataError
-from vlunlearn.models.vit import Mlp, _truncated_normal_
+from vlunlearn.models.vit import Mlp, init_linear_or_norm_
 
 __all__ = ["GraphEncoder", "GineLayer", "check_graph_batch", "mean_pool"]
 
@@ -181,14 +181,10 @@ class GraphEncoder(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.Linear):
-                _truncated_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
             elif isinstance(module, GineLayer):
                 nn.init.zeros_(module.eps)
+            else:
+                init_linear_or_norm_(module)
 
     def forward(
         self, nodes: Tensor, edges: Tensor, edge_features: Tensor, graph_index: Tensor, num_graphs: int,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["VisionTransformer", "sincos_pos_embed_2d"]
+__all__ = ["VisionTransformer", "init_linear_or_norm_", "sincos_pos_embed_2d"]
 
 
 def sincos_pos_embed_2d(grid_size: int, width: int, temperature: float = 10000.0) -> Tensor:
@@ -43,6 +43,18 @@ def _truncated_normal_(tensor: Tensor, std: float, bound: float = 2.0) -> Tensor
     with torch.no_grad():
         tensor.uniform_(1 - 2 * p, 2 * p - 1).erfinv_().mul_(std * math.sqrt(2.0))
     return tensor
+
+
+@torch.no_grad()
+def init_linear_or_norm_(module: nn.Module) -> None:
+    """A linear layer: truncated normal weight (std 0.02) and zero bias; a LayerNorm: identity;
+    any other module: left as is (its children are not visited)."""
+    if isinstance(module, nn.Linear):
+        _truncated_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class PatchEmbed(nn.Module):
@@ -151,12 +163,7 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                _truncated_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+            init_linear_or_norm_(module)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (self.image_size, self.image_size):
